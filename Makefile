@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_STORE := sqlite:///./build/demo.db
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed  ## create .venv with the `ticketflow` command
+
+demo: $(VENV)/.installed  ## run the main job on the sample corpus and print the tickets
+	rm -f build/demo.db build/demo.db-wal build/demo.db-shm
+	$(BIN)/ticketflow run --input corpus/sample --config corpus/sample/ticketflow.toml --store $(DEMO_STORE)
+	$(BIN)/ticketflow tickets --store $(DEMO_STORE)
+	$(BIN)/ticketflow dead-letters --store $(DEMO_STORE)
+
+test: $(VENV)/.installed-test  ## install the test extras and run the tests
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check ticketflow flows operators connectors tests
+	$(BIN)/mypy ticketflow flows operators connectors
+
+clean:
+	rm -rf build $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,594 @@
+"""The built-in ticket store: the local ledger of tickets, keys and dead letters.
+
+`open_store("sqlite:///path.db")` gives a `SqliteStore`. The store is written in
+batches, one transaction per batch, and every write is idempotent: a message is
+identified by (tenant, dedupe key), so writing the same outcomes twice changes
+nothing. Ticket rows are derived from their messages after every batch (subject,
+requester, priority and review status from the earliest message), so a ticket
+reads the same whatever order its messages arrived in.
+
+It also serves as the thread join's `Ledger`: lookups of message ids, ticket
+keys, reply tokens and subjects that earlier runs wrote.
+
+Schema migrations are numbered and run on open; the applied version is kept in
+`schema_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ticketflow.model import DeadLetter, utc_now, format_timestamp
+from ticketflow.operators.enrich import clean_subject
+from ticketflow.operators.thread import TicketInfo, reply_address, thread_parents
+from ticketflow.operators.subject import normalize_subject
+from ticketflow.outcome import Outcome
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE_URL = "sqlite:///./ticketflow.db"
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: tickets, their messages, the thread ledger and dead letters.
+    """
+    CREATE TABLE tickets (
+        ticket_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL DEFAULT '',
+        requester TEXT NOT NULL DEFAULT '',
+        participants TEXT NOT NULL DEFAULT '[]',
+        priority TEXT NOT NULL DEFAULT 'P3',
+        component TEXT,
+        environment TEXT,
+        tier TEXT,
+        status TEXT NOT NULL DEFAULT 'open',
+        review_reasons TEXT NOT NULL DEFAULT '[]',
+        reply_address TEXT,
+        external TEXT NOT NULL DEFAULT '{}',
+        first_received_at TEXT NOT NULL DEFAULT '',
+        first_message_id TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX tickets_tenant ON tickets (tenant, key);
+    CREATE TABLE messages (
+        tenant TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL,
+        ticket_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        automatic TEXT,
+        outcome TEXT NOT NULL,
+        source TEXT NOT NULL,
+        mailbox TEXT NOT NULL,
+        event TEXT NOT NULL,
+        enrichment TEXT NOT NULL,
+        review_reasons TEXT NOT NULL,
+        PRIMARY KEY (tenant, dedupe_key)
+    );
+    CREATE INDEX messages_ticket ON messages (ticket_id, received_at, message_id);
+    CREATE TABLE thread_ids (
+        tenant TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        ticket_id TEXT NOT NULL,
+        PRIMARY KEY (tenant, message_id)
+    );
+    CREATE INDEX thread_ids_ticket ON thread_ids (ticket_id);
+    CREATE TABLE ticket_refs (
+        tenant TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        ticket_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (tenant, ref)
+    );
+    CREATE INDEX ticket_refs_ticket ON ticket_refs (ticket_id);
+    CREATE TABLE ticket_subjects (
+        tenant TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        ticket_id TEXT NOT NULL,
+        last_seen TEXT NOT NULL,
+        PRIMARY KEY (tenant, requester, subject)
+    );
+    CREATE TABLE ticket_aliases (
+        old_id TEXT PRIMARY KEY,
+        new_id TEXT NOT NULL
+    );
+    CREATE TABLE key_counters (
+        tenant TEXT PRIMARY KEY,
+        last_number INTEGER NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        dead_letter_id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
+)
+
+
+class StoreError(RuntimeError):
+    """A store URL or database that cannot be used."""
+
+
+def open_store(url: str) -> SqliteStore:
+    """Open the store a URL names; only `sqlite:///PATH` is built in so far."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        raise StoreError(
+            f"store URL {url!r}: the PostgreSQL store is not built yet; "
+            "use sqlite:///PATH.db"
+        )
+    raise StoreError(
+        f"invalid store URL {url!r}: expected sqlite:///PATH.db "
+        "(three slashes, then a relative or absolute path)"
+    )
+
+
+def key_prefix(tenant: str) -> str:
+    """Return the human key prefix of a tenant: upper-case letters and digits, 2–10 long."""
+    prefix = re.sub(r"[^A-Z0-9]", "", tenant.upper())
+    if not prefix or not prefix[0].isalpha():
+        prefix = "T" + prefix
+    return prefix.ljust(2, "X")[:10]
+
+
+def dead_letter_id(letter: DeadLetter) -> str:
+    """Identify a dead letter by its source and reason, so a re-read stores it once."""
+    return hashlib.sha256(f"{letter.source}\n{letter.reason}".encode()).hexdigest()[:32]
+
+
+class SqliteStore:
+    """Tickets in one SQLite file, written in WAL mode, one transaction per batch.
+
+    One connection is shared by the worker threads of a process behind a lock.
+    Several processes may write the same file: SQLite serializes the writers and
+    `busy_timeout` makes them wait rather than fail.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"store {self.path} has schema version {current}, newer than this "
+                    f"ticketflow knows ({len(MIGRATIONS)}); upgrade ticketflow"
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                log.info("store %s migrated to schema version %d", self.path, version)
+
+    def schema_version(self) -> int:
+        """Return the schema version the store is at."""
+        with self._lock:
+            return int(self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, outcomes: Iterable[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction; idempotent."""
+        now = format_timestamp(utc_now())
+        touched: set[str] = set()
+        with self._transaction() as db:
+            for outcome in outcomes:
+                if outcome.kind == "dead_letter" and outcome.dead_letter is not None:
+                    _insert_dead_letter(db, outcome.dead_letter, now)
+                elif outcome.kind in ("created", "threaded") and outcome.ticket_id:
+                    touched |= _write_message(db, outcome, now)
+            for ticket_id in touched:
+                _refresh_ticket(db, ticket_id, now)
+
+    # -- the ledger, for the thread join --------------------------------------
+
+    def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
+        """Map each known message id to its ticket id."""
+        if not message_ids:
+            return {}
+        marks = ",".join("?" * len(message_ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT message_id, ticket_id FROM thread_ids "
+                f"WHERE tenant = ? AND message_id IN ({marks})",
+                (tenant, *message_ids),
+            ).fetchall()
+        return dict(rows)
+
+    def ticket_for_ref(self, tenant: str, ref: str) -> str | None:
+        """Find a ticket by key, external reference or `token:<reply token>`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ticket_id FROM ticket_refs WHERE tenant = ? AND ref = ?", (tenant, ref)
+            ).fetchone()
+        return row[0] if row else None
+
+    def ticket_for_subject(self, tenant: str, requester: str, subject: str, since: str) -> str | None:
+        """Find a requester's ticket with this normalized subject, seen since a time."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ticket_id FROM ticket_subjects WHERE tenant = ? AND requester = ? "
+                "AND subject = ? AND last_seen >= ?",
+                (tenant, requester, subject, since),
+            ).fetchone()
+        return row[0] if row else None
+
+    def ticket_info(self, ticket_id: str) -> TicketInfo | None:
+        """Load a ticket's thread facts, following merges to the surviving ticket."""
+        with self._lock:
+            ticket_id = _resolve_alias(self._db, ticket_id)
+            row = self._db.execute(
+                "SELECT ticket_id, tenant, first_received_at, first_message_id, requester, "
+                "participants FROM tickets WHERE ticket_id = ?",
+                (ticket_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return TicketInfo(
+            ticket_id=row[0],
+            tenant=row[1],
+            first_received_at=row[2],
+            first_message_id=row[3],
+            requester=row[4],
+            participants=set(json.loads(row[5])),
+        )
+
+    def stored_message(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
+        """Return (source, ticket_id, outcome) of a message already stored, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT source, ticket_id, outcome FROM messages WHERE tenant = ? AND dedupe_key = ?",
+                (tenant, dedupe_key),
+            ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    # -- reading, for the CLI ---------------------------------------------------
+
+    def tickets(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Return every ticket in the design's ticket shape, ordered by tenant and key number."""
+        query = "SELECT * FROM tickets"
+        params: tuple[str, ...] = ()
+        if tenant is not None:
+            query += " WHERE tenant = ?"
+            params = (tenant,)
+        with self._lock:
+            self._db.row_factory = sqlite3.Row
+            try:
+                rows = self._db.execute(query, params).fetchall()
+                tickets = [self._ticket_document(row) for row in rows]
+            finally:
+                self._db.row_factory = None
+        tickets.sort(key=lambda ticket: (ticket["tenant"], _key_number(ticket["key"])))
+        return tickets
+
+    def _ticket_document(self, row: sqlite3.Row) -> dict[str, Any]:
+        messages = self._db.execute(
+            "SELECT message_id, event_id, sender, received_at, automatic, event FROM messages "
+            "WHERE ticket_id = ? ORDER BY received_at, message_id",
+            (row["ticket_id"],),
+        ).fetchall()
+        refs = self._db.execute(
+            "SELECT ref FROM ticket_refs WHERE ticket_id = ? AND kind = 'external' ORDER BY ref",
+            (row["ticket_id"],),
+        ).fetchall()
+        return {
+            "ticket_id": row["ticket_id"],
+            "key": row["key"],
+            "tenant": row["tenant"],
+            "subject": row["subject"],
+            "requester": row["requester"],
+            "participants": json.loads(row["participants"]),
+            "priority": row["priority"],
+            "component": row["component"],
+            "environment": row["environment"],
+            "tier": row["tier"],
+            "status": row["status"],
+            "review_reasons": json.loads(row["review_reasons"]),
+            "reply_address": row["reply_address"],
+            "messages": _message_documents(messages),
+            "external": json.loads(row["external"]),
+            "external_refs": [ref[0] for ref in refs],
+        }
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Return every dead letter with its source, reason, detail and header block."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT dead_letter_id, source, reason, detail, headers, length(raw), created_at "
+                "FROM dead_letters ORDER BY created_at, source"
+            ).fetchall()
+        return [
+            {
+                "dead_letter_id": row[0],
+                "source": row[1],
+                "reason": row[2],
+                "detail": row[3],
+                "headers": row[4],
+                "size": row[5],
+                "created_at": row[6],
+            }
+            for row in rows
+        ]
+
+    def dead_letter_bytes(self, dead_letter_id: str) -> bytes | None:
+        """Return the original bytes kept with a dead letter."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT raw FROM dead_letters WHERE dead_letter_id = ?", (dead_letter_id,)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+
+# -- batch write steps ---------------------------------------------------------
+
+
+def _insert_dead_letter(db: sqlite3.Connection, letter: DeadLetter, now: str) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            dead_letter_id(letter),
+            letter.source,
+            letter.reason,
+            letter.detail,
+            letter.headers,
+            letter.raw,
+            now,
+        ),
+    )
+
+
+def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[str]:
+    """Write one threaded or created message; return the ticket ids to refresh."""
+    copy = outcome.copy
+    assert copy is not None and outcome.ticket_id is not None and outcome.tenant is not None
+    event = copy.event
+    envelope = event["envelope"]
+    tenant = outcome.tenant
+    ticket_id = outcome.ticket_id
+
+    for old_id in outcome.merged_from:
+        _merge_ticket(db, old_id, ticket_id, tenant, now)
+    _ensure_ticket(db, ticket_id, tenant, now)
+
+    db.execute(
+        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            tenant,
+            outcome.dedupe_key,
+            ticket_id,
+            envelope["message_id"],
+            event["event_id"],
+            envelope["from"],
+            event["received_at"],
+            copy.automatic,
+            outcome.kind,
+            event["source"],
+            copy.mailbox,
+            json.dumps(event, ensure_ascii=False),
+            json.dumps(copy.enrichment, ensure_ascii=False),
+            json.dumps(list(copy.review_reasons)),
+        ),
+    )
+
+    db.executemany(
+        "INSERT OR IGNORE INTO thread_ids VALUES (?, ?, ?)",
+        [(tenant, message_id, ticket_id) for message_id in (envelope["message_id"], *thread_parents(event))],
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO ticket_refs VALUES (?, ?, ?, 'external')",
+        [(tenant, ref, ticket_id) for ref in outcome.external_refs],
+    )
+
+    normalized = normalize_subject(envelope["subject"])
+    if normalized and envelope["from"]:
+        db.execute(
+            "INSERT INTO ticket_subjects VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, requester, subject) DO UPDATE SET "
+            "ticket_id = excluded.ticket_id, last_seen = excluded.last_seen "
+            "WHERE excluded.last_seen >= ticket_subjects.last_seen",
+            (tenant, envelope["from"], normalized, ticket_id, event["received_at"]),
+        )
+    return {ticket_id}
+
+
+def _ensure_ticket(db: sqlite3.Connection, ticket_id: str, tenant: str, now: str) -> None:
+    exists = db.execute("SELECT 1 FROM tickets WHERE ticket_id = ?", (ticket_id,)).fetchone()
+    if exists:
+        return
+    key = _allocate_key(db, tenant)
+    db.execute(
+        "INSERT INTO tickets (ticket_id, tenant, key, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        (ticket_id, tenant, key, now, now),
+    )
+    _add_own_refs(db, tenant, ticket_id, key)
+
+
+def _add_own_refs(db: sqlite3.Connection, tenant: str, ticket_id: str, key: str) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, ?)",
+        [
+            (tenant, key, ticket_id, "key"),
+            (tenant, f"token:{ticket_id.removeprefix('tkt_')[:12]}", ticket_id, "token"),
+        ],
+    )
+
+
+def _allocate_key(db: sqlite3.Connection, tenant: str) -> str:
+    row = db.execute(
+        "INSERT INTO key_counters VALUES (?, 1) ON CONFLICT (tenant) "
+        "DO UPDATE SET last_number = last_number + 1 RETURNING last_number",
+        (tenant,),
+    ).fetchone()
+    return f"{key_prefix(tenant)}-{row[0]}"
+
+
+def _merge_ticket(db: sqlite3.Connection, old_id: str, new_id: str, tenant: str, now: str) -> None:
+    """Fold ticket `old_id` into `new_id`: messages, ids, refs and the human key move over.
+
+    When `new_id` does not exist yet (the ticket was renamed because an earlier
+    message joined), it takes over the old ticket's key.
+    """
+    old_id = _resolve_alias(db, old_id)
+    if old_id == new_id:
+        return
+    old = db.execute("SELECT key, created_at FROM tickets WHERE ticket_id = ?", (old_id,)).fetchone()
+    if old is None:
+        return
+
+    target_exists = db.execute("SELECT 1 FROM tickets WHERE ticket_id = ?", (new_id,)).fetchone()
+    if target_exists:
+        db.execute("DELETE FROM tickets WHERE ticket_id = ?", (old_id,))
+    else:
+        db.execute("UPDATE tickets SET ticket_id = ?, updated_at = ? WHERE ticket_id = ?", (new_id, now, old_id))
+
+    for table in ("messages", "thread_ids", "ticket_refs", "ticket_subjects"):
+        db.execute(f"UPDATE OR IGNORE {table} SET ticket_id = ? WHERE ticket_id = ?", (new_id, old_id))
+    if not target_exists:
+        db.execute(
+            "INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, 'token')",
+            (tenant, f"token:{new_id.removeprefix('tkt_')[:12]}", new_id),
+        )
+    db.execute("INSERT OR REPLACE INTO ticket_aliases VALUES (?, ?)", (old_id, new_id))
+    db.execute("UPDATE ticket_aliases SET new_id = ? WHERE new_id = ?", (new_id, old_id))
+    log.info("ticket %s (key %s) merged into %s", old_id, old[0], new_id)
+
+
+def _resolve_alias(db: sqlite3.Connection, ticket_id: str) -> str:
+    for _ in range(32):
+        row = db.execute("SELECT new_id FROM ticket_aliases WHERE old_id = ?", (ticket_id,)).fetchone()
+        if row is None:
+            return ticket_id
+        ticket_id = row[0]
+    return ticket_id
+
+
+def _refresh_ticket(db: sqlite3.Connection, ticket_id: str, now: str) -> None:
+    """Derive a ticket's fields from its messages, earliest first."""
+    rows = db.execute(
+        "SELECT sender, received_at, message_id, automatic, mailbox, event, enrichment, "
+        "review_reasons FROM messages WHERE ticket_id = ? ORDER BY received_at, message_id",
+        (ticket_id,),
+    ).fetchall()
+    if not rows:
+        return
+
+    people = [row for row in rows if row[3] is None] or rows
+    first = people[0]
+    first_event = json.loads(first[5])
+    enrichments = [json.loads(row[6]) for row in people]
+    review_reasons = json.loads(first[7])
+
+    participants: set[str] = set()
+    for row in rows:
+        if row[3] is None and row[0]:
+            participants.add(row[0])
+
+    db.execute(
+        "UPDATE tickets SET subject = ?, requester = ?, participants = ?, priority = ?, "
+        "component = ?, environment = ?, status = ?, review_reasons = ?, reply_address = ?, "
+        "first_received_at = ?, first_message_id = ?, updated_at = ? WHERE ticket_id = ?",
+        (
+            clean_subject(first_event["envelope"]["subject"]),
+            first[0],
+            json.dumps(sorted(participants)),
+            min(enrichment.get("priority") or "P3" for enrichment in enrichments),
+            _first_value(enrichments, "component"),
+            _first_value(enrichments, "environment"),
+            "review" if review_reasons else "open",
+            json.dumps(review_reasons),
+            reply_address(first[4], ticket_id) if first[4] else None,
+            first[1],
+            first[2],
+            now,
+            ticket_id,
+        ),
+    )
+
+
+def _first_value(enrichments: list[dict[str, Any]], name: str) -> Any:
+    for enrichment in enrichments:
+        if enrichment.get(name):
+            return enrichment[name]
+    return None
+
+
+def _message_documents(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    documents = []
+    original_seen = False
+    for message_id, event_id, sender, received_at, automatic, event_json in rows:
+        event = json.loads(event_json)
+        if automatic:
+            kind = "auto_reply"
+        elif not original_seen:
+            kind = "original"
+            original_seen = True
+        else:
+            kind = "reply"
+        documents.append(
+            {
+                "message_id": message_id,
+                "event_id": event_id,
+                "from": sender,
+                "received_at": received_at,
+                "kind": kind,
+                "text": event["text"],
+                "html": event["html"],
+                "authentication": event["authentication"],
+                "attachments": event["attachments"],
+            }
+        )
+    return documents
+
+
+def _key_number(key: str) -> int:
+    number = key.rpartition("-")[2]
+    return int(number) if number.isdigit() else 0

@@ -1,0 +1,526 @@
+"""Thread join: attach each message to its ticket, or open a new one.
+
+A message finds its ticket, in this order of evidence:
+
+1. **Headers.** Its In-Reply-To and References ids, and its own Message-ID (a
+   parent that arrives after its reply finds the ticket the reply opened). Every
+   id of every message is indexed, so a reply that shares only an ancestor still
+   threads.
+2. **Ticket key** in the subject (`[SUP-42]`, `threading.key_pattern`): a key of
+   the ledger, or an external reference an earlier message brought. Only a
+   participant of that ticket, or a sender from the requester's organization
+   (same domain, free-mail domains excluded), may join by key, so a stranger who
+   guesses a key cannot write into someone else's ticket. A key nobody knows
+   becomes an external reference on the ticket the message ends up on.
+3. **Plus-address** of a ticket's reply address (`acme-support+t-<token>@…`).
+4. **Subject heuristic**, only for a message with a reply prefix and no thread
+   headers at all: same tenant, same requester, same normalized subject, inside
+   `threading.subject_window`. It never merges different requesters or tenants.
+
+Evidence that names several tickets proves they are one thread: they merge into
+the one whose first message is earliest. A ticket's id is derived from its
+tenant and its earliest message (by received time, then Message-ID), so the
+tickets of a finite corpus come out the same in any file order; when an earlier
+message joins, the ticket takes the new id and the old one is folded into it.
+
+A message with thread headers that name nothing known yet is an *orphan*: the
+caller holds it (see `ThreadIndex.decide`'s `allow_open`) until its parent
+arrives, `threading.orphan_wait` passes, or the input ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from ticketflow.config import Settings
+from ticketflow.model import Event
+from ticketflow.operators.subject import has_reply_prefix, normalize_subject
+from ticketflow.outcome import Outcome, TenantCopy
+
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_TOKEN_PATTERN = re.compile(r"\+t-([0-9a-f]{12})(?:$|[+.-])")
+
+
+def thread_parents(event: Event) -> list[str]:
+    """Return the ids a message answers: In-Reply-To first, then References, unique."""
+    envelope = event["envelope"]
+    parents: list[str] = []
+    if envelope["in_reply_to"]:
+        parents.append(envelope["in_reply_to"])
+    for reference in envelope["references"]:
+        if reference not in parents:
+            parents.append(reference)
+    return [parent for parent in parents if parent != envelope["message_id"]]
+
+
+def thread_root(event: Event) -> str:
+    """Return the id that routes a message: first References id, else In-Reply-To, else its own.
+
+    Replies and their parent usually share it, so they meet on one worker; when
+    they do not, the shared index connects them.
+    """
+    envelope = event["envelope"]
+    if envelope["references"]:
+        return envelope["references"][0]
+    if envelope["in_reply_to"]:
+        return envelope["in_reply_to"]
+    return envelope["message_id"]
+
+
+def ticket_id_for(tenant: str, first_message_id: str) -> str:
+    """Derive a ticket id from its tenant and its first message; stable across runs."""
+    digest = hashlib.sha256(f"{tenant}\n{first_message_id}".encode()).hexdigest()
+    return f"tkt_{digest[:20]}"
+
+
+def reply_token(ticket_id: str) -> str:
+    """Return the plus-address token of a ticket: 12 hex characters of its id."""
+    return ticket_id.removeprefix("tkt_")[:12]
+
+
+def reply_address(mailbox: str, ticket_id: str) -> str:
+    """Build `local+t-<token>@domain` from the mailbox the ticket arrived on."""
+    local, _, domain = mailbox.partition("@")
+    local = local.split("+", 1)[0]
+    return f"{local}+t-{reply_token(ticket_id)}@{domain}"
+
+
+def plus_tokens(event: Event, inbound_domains: Iterable[str]) -> list[str]:
+    """Return reply tokens found in recipients on our inbound domains."""
+    domains = {domain.lower() for domain in inbound_domains}
+    envelope = event["envelope"]
+    recipients = [*envelope["to"], *envelope["cc"]]
+    for name in ("Delivered-To", "X-Original-To"):
+        value = header_value(event, name)
+        if value:
+            recipients.append(value.strip().strip("<>").lower())
+
+    tokens: list[str] = []
+    for address in recipients:
+        local, _, domain = address.rpartition("@")
+        if domain not in domains:
+            continue
+        match = _TOKEN_PATTERN.search(local)
+        if match and match.group(1) not in tokens:
+            tokens.append(match.group(1))
+    return tokens
+
+
+def header_value(event: Event, name: str) -> str | None:
+    """Look a header up by name, ignoring case."""
+    lowered = name.lower()
+    for key, value in event["headers"].items():
+        if key.lower() == lowered:
+            return value
+    return None
+
+
+def subject_keys(subject: str, pattern: re.Pattern[str]) -> list[str]:
+    """Return the ticket keys in a subject, in order, unique, upper-cased."""
+    keys: list[str] = []
+    for match in pattern.finditer(subject):
+        key = match.group(1).upper()
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def mail_domain(address: str) -> str:
+    """Return the lowercased domain of an address, or "" when it has none."""
+    return address.rpartition("@")[2].lower()
+
+
+@dataclass
+class TicketInfo:
+    """What the thread join needs to know about a ticket."""
+
+    ticket_id: str
+    tenant: str
+    first_received_at: str
+    first_message_id: str
+    requester: str
+    participants: set[str] = field(default_factory=set)
+
+    @property
+    def first(self) -> tuple[str, str]:
+        """Order of tickets by their earliest message."""
+        return (self.first_received_at, self.first_message_id)
+
+
+class Ledger(Protocol):
+    """Read access to tickets written by earlier runs (the store implements it).
+
+    Every method answers from what the store has committed; the in-process
+    index answers first for everything this run decided.
+    """
+
+    def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
+        """Map each known message id to its ticket id."""
+        ...
+
+    def ticket_for_ref(self, tenant: str, ref: str) -> str | None:
+        """Find a ticket by key, external reference or `token:<reply token>`."""
+        ...
+
+    def ticket_for_subject(self, tenant: str, requester: str, subject: str, since: str) -> str | None:
+        """Find the newest ticket of a requester with this normalized subject since a time."""
+        ...
+
+    def ticket_info(self, ticket_id: str) -> TicketInfo | None:
+        """Load a ticket's thread facts, following merges to the surviving ticket."""
+        ...
+
+    def stored_message(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
+        """Return (source, ticket_id, outcome kind) of a message already stored."""
+        ...
+
+
+class NullLedger:
+    """A ledger that knows nothing: for tests of a single run."""
+
+    def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
+        return {}
+
+    def ticket_for_ref(self, tenant: str, ref: str) -> str | None:
+        return None
+
+    def ticket_for_subject(self, tenant: str, requester: str, subject: str, since: str) -> str | None:
+        return None
+
+    def ticket_info(self, ticket_id: str) -> TicketInfo | None:
+        return None
+
+    def stored_message(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
+        return None
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    tickets: dict[str, str]  # ticket id → method that found it
+    unknown_keys: tuple[str, ...]
+
+
+class ThreadIndex:
+    """The shared index of one process: message ids, keys and tokens to tickets.
+
+    All worker threads of a process share one index (every method holds a lock).
+    What this run decided lives here; what earlier runs wrote is read from the
+    ledger on a miss. Memory grows with the messages of the run (a few hundred
+    bytes each); see the README's Limitations.
+    """
+
+    def __init__(self, settings: Settings, ledger: Ledger | None = None) -> None:
+        self._settings = settings
+        self._ledger: Ledger = ledger or NullLedger()
+        self._key_pattern = re.compile(settings.threading.key_pattern)
+        self._lock = threading.RLock()
+        self._ids: dict[tuple[str, str], str] = {}
+        self._refs: dict[tuple[str, str], str] = {}
+        self._subjects: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._tickets: dict[str, TicketInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self._outcomes: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def decide(self, copy: TenantCopy, dedupe_key: str, allow_open: bool) -> Outcome | None:
+        """Thread one tenant copy; return its outcome, or None to hold it as an orphan.
+
+        With `allow_open` false, a message whose thread headers (or reply-prefixed
+        subject) point at nothing known yet is held. With it true (the wait is
+        over, or the input ended) it opens a ticket, or is suppressed when it may
+        not open one.
+        """
+        with self._lock:
+            event = copy.event
+            evidence = self._evidence(copy)
+
+            if evidence.tickets:
+                return self._join(copy, dedupe_key, evidence)
+
+            if not allow_open and self._may_be_orphan(event):
+                return None
+
+            if copy.automatic is not None:
+                return self._suppress(copy, dedupe_key, copy.automatic)
+            if copy.bulk_suppressed:
+                return self._suppress(copy, dedupe_key, copy.bulk or "bulk")
+
+            return self._open(copy, dedupe_key, evidence.unknown_keys)
+
+    def replay_stored(self, copy: TenantCopy, dedupe_key: str) -> Outcome | str | None:
+        """Check whether this exact message is already stored for this tenant.
+
+        Returns the stored outcome again when it is a re-read of the same source
+        position, "duplicate" when the same message came from elsewhere, and None
+        when it is not stored.
+        """
+        with self._lock:
+            remembered = self._outcomes.get((copy.tenant, dedupe_key))
+            if remembered is not None:
+                ticket_id, kind = remembered
+                return self._repeat(copy, dedupe_key, self._resolve(ticket_id), kind)
+
+            stored = self._ledger.stored_message(copy.tenant, dedupe_key)
+            if stored is None:
+                return None
+            source, ticket_id, kind = stored
+            if source != copy.event["source"]:
+                return "duplicate"
+            return self._repeat(copy, dedupe_key, self._resolve(ticket_id), kind)
+
+    def _repeat(self, copy: TenantCopy, dedupe_key: str, ticket_id: str, kind: str) -> Outcome:
+        if kind not in ("created", "threaded"):
+            return Outcome(
+                kind="suppressed", source=copy.event["source"], first_copy=copy.first_copy,
+                tenant=copy.tenant, copy=copy, dedupe_key=dedupe_key, reason="reread",
+            )
+        info = self._ticket(ticket_id)
+        return Outcome(
+            kind="created" if kind == "created" else "threaded",
+            source=copy.event["source"],
+            first_copy=copy.first_copy,
+            tenant=copy.tenant,
+            copy=copy,
+            ticket_id=ticket_id,
+            method="reread",
+            reply_address=reply_address(copy.mailbox, ticket_id) if info else None,
+            dedupe_key=dedupe_key,
+        )
+
+    def _may_be_orphan(self, event: Event) -> bool:
+        if thread_parents(event):
+            return True
+        return has_reply_prefix(event["envelope"]["subject"])
+
+    def _evidence(self, copy: TenantCopy) -> _Evidence:
+        event = copy.event
+        tenant = copy.tenant
+        found: dict[str, str] = {}
+
+        self._find_by_headers(tenant, event, found)
+        unknown_keys = self._find_by_keys(tenant, event, found)
+        for token in plus_tokens(event, self._settings.routing.inbound_domains):
+            ticket_id = self._lookup_ref(tenant, f"token:{token}")
+            if ticket_id is not None:
+                found.setdefault(ticket_id, "plus_address")
+
+        if not found and not thread_parents(event):
+            ticket_id = self._find_by_subject(tenant, event)
+            if ticket_id is not None:
+                found[ticket_id] = "subject"
+
+        # An id the ledger maps to a ticket it cannot load is no evidence.
+        loadable = {ticket_id: method for ticket_id, method in found.items() if self._ticket(ticket_id)}
+        return _Evidence(loadable, tuple(unknown_keys))
+
+    def _find_by_headers(self, tenant: str, event: Event, found: dict[str, str]) -> None:
+        envelope = event["envelope"]
+        parents = thread_parents(event)
+        ids = [envelope["message_id"], *parents]
+        known = self._lookup_ids(tenant, ids)
+        for message_id in ids:
+            ticket_id = known.get(message_id)
+            if ticket_id is None:
+                continue
+            method = "in_reply_to" if message_id == envelope["in_reply_to"] else "references"
+            found.setdefault(ticket_id, method)
+
+    def _find_by_keys(self, tenant: str, event: Event, found: dict[str, str]) -> list[str]:
+        unknown: list[str] = []
+        sender = event["envelope"]["from"]
+        for key in subject_keys(event["envelope"]["subject"], self._key_pattern):
+            ticket_id = self._lookup_ref(tenant, key)
+            if ticket_id is None:
+                unknown.append(key)
+            elif self._may_join_by_key(sender, self._ticket(ticket_id)):
+                found.setdefault(ticket_id, "subject_key")
+        return unknown
+
+    def _may_join_by_key(self, sender: str, info: TicketInfo | None) -> bool:
+        if info is None:
+            return False
+        if sender in info.participants or sender == info.requester:
+            return True
+        domain = mail_domain(sender)
+        if not domain or domain in self._settings.threading.free_mail_domains:
+            return False
+        return domain == mail_domain(info.requester)
+
+    def _find_by_subject(self, tenant: str, event: Event) -> str | None:
+        subject = event["envelope"]["subject"]
+        if not has_reply_prefix(subject):
+            return None
+        requester = event["envelope"]["from"]
+        normalized = normalize_subject(subject)
+        if not normalized or not requester:
+            return None
+
+        since = _seconds_before(event["received_at"], self._settings.threading.subject_window)
+        remembered = self._subjects.get((tenant, requester, normalized))
+        if remembered is not None:
+            ticket_id, last_seen = remembered
+            return self._resolve(ticket_id) if last_seen >= since else None
+        return self._ledger.ticket_for_subject(tenant, requester, normalized, since)
+
+    def _join(self, copy: TenantCopy, dedupe_key: str, evidence: _Evidence) -> Outcome:
+        infos = [self._ticket(ticket_id) for ticket_id in evidence.tickets]
+        tickets = sorted((info for info in infos if info is not None), key=lambda info: info.first)
+        target = tickets[0]
+        method = evidence.tickets[target.ticket_id]
+        folded = [info.ticket_id for info in tickets[1:]]
+
+        event = copy.event
+        if (event["received_at"], event["envelope"]["message_id"]) < target.first:
+            folded.append(target.ticket_id)
+            target = self._renamed(target, copy)
+        for info in tickets[1:]:
+            target.participants |= info.participants
+
+        self._fold(folded, target.ticket_id)
+        self._index_message(copy, target, evidence.unknown_keys)
+        kind = "threaded"
+        self._outcomes[(copy.tenant, dedupe_key)] = (target.ticket_id, kind)
+        return Outcome(
+            kind=kind,
+            source=event["source"],
+            first_copy=copy.first_copy,
+            tenant=copy.tenant,
+            copy=copy,
+            ticket_id=target.ticket_id,
+            merged_from=tuple(folded),
+            method=method,
+            external_refs=evidence.unknown_keys,
+            reply_address=reply_address(copy.mailbox, target.ticket_id),
+            dedupe_key=dedupe_key,
+        )
+
+    def _open(self, copy: TenantCopy, dedupe_key: str, unknown_keys: tuple[str, ...]) -> Outcome:
+        event = copy.event
+        envelope = event["envelope"]
+        info = TicketInfo(
+            ticket_id=ticket_id_for(copy.tenant, envelope["message_id"]),
+            tenant=copy.tenant,
+            first_received_at=event["received_at"],
+            first_message_id=envelope["message_id"],
+            requester=envelope["from"],
+        )
+        self._tickets[info.ticket_id] = info
+        self._refs[(copy.tenant, f"token:{reply_token(info.ticket_id)}")] = info.ticket_id
+        self._index_message(copy, info, unknown_keys)
+        self._outcomes[(copy.tenant, dedupe_key)] = (info.ticket_id, "created")
+        return Outcome(
+            kind="created",
+            source=event["source"],
+            first_copy=copy.first_copy,
+            tenant=copy.tenant,
+            copy=copy,
+            ticket_id=info.ticket_id,
+            external_refs=unknown_keys,
+            reply_address=reply_address(copy.mailbox, info.ticket_id),
+            dedupe_key=dedupe_key,
+        )
+
+    def _suppress(self, copy: TenantCopy, dedupe_key: str, reason: str) -> Outcome:
+        self._outcomes[(copy.tenant, dedupe_key)] = ("", "suppressed")
+        return Outcome(
+            kind="suppressed",
+            source=copy.event["source"],
+            first_copy=copy.first_copy,
+            tenant=copy.tenant,
+            copy=copy,
+            dedupe_key=dedupe_key,
+            reason=reason,
+        )
+
+    def _renamed(self, info: TicketInfo, copy: TenantCopy) -> TicketInfo:
+        envelope = copy.event["envelope"]
+        renamed = replace(
+            info,
+            ticket_id=ticket_id_for(copy.tenant, envelope["message_id"]),
+            first_received_at=copy.event["received_at"],
+            first_message_id=envelope["message_id"],
+            requester=envelope["from"],
+            participants=set(info.participants),
+        )
+        self._tickets[renamed.ticket_id] = renamed
+        self._refs[(copy.tenant, f"token:{reply_token(renamed.ticket_id)}")] = renamed.ticket_id
+        return renamed
+
+    def _fold(self, folded: list[str], into: str) -> None:
+        for old in folded:
+            if old != into:
+                self._aliases[old] = into
+                self._tickets.pop(old, None)
+
+    def _index_message(self, copy: TenantCopy, info: TicketInfo, unknown_keys: Iterable[str]) -> None:
+        event = copy.event
+        envelope = event["envelope"]
+        tenant = copy.tenant
+
+        for message_id in (envelope["message_id"], *thread_parents(event)):
+            self._ids.setdefault((tenant, message_id), info.ticket_id)
+        for key in unknown_keys:
+            self._refs.setdefault((tenant, key), info.ticket_id)
+
+        info.participants.add(envelope["from"])
+        normalized = normalize_subject(envelope["subject"])
+        if normalized and envelope["from"]:
+            subject_key = (tenant, envelope["from"], normalized)
+            previous = self._subjects.get(subject_key)
+            if previous is None or previous[1] <= event["received_at"]:
+                self._subjects[subject_key] = (info.ticket_id, event["received_at"])
+
+    def _lookup_ids(self, tenant: str, ids: list[str]) -> dict[str, str]:
+        known: dict[str, str] = {}
+        missing: list[str] = []
+        for message_id in ids:
+            ticket_id = self._ids.get((tenant, message_id))
+            if ticket_id is None:
+                missing.append(message_id)
+            else:
+                known[message_id] = self._resolve(ticket_id)
+
+        if missing:
+            for message_id, ticket_id in self._ledger.tickets_for_ids(tenant, missing).items():
+                known[message_id] = self._resolve(ticket_id)
+        return known
+
+    def _lookup_ref(self, tenant: str, ref: str) -> str | None:
+        ticket_id = self._refs.get((tenant, ref))
+        if ticket_id is None:
+            ticket_id = self._ledger.ticket_for_ref(tenant, ref)
+        return self._resolve(ticket_id) if ticket_id else None
+
+    def _ticket(self, ticket_id: str) -> TicketInfo | None:
+        ticket_id = self._resolve(ticket_id)
+        info = self._tickets.get(ticket_id)
+        if info is None:
+            info = self._ledger.ticket_info(ticket_id)
+            if info is not None:
+                self._tickets[info.ticket_id] = info
+                if info.ticket_id != ticket_id:
+                    self._aliases[ticket_id] = info.ticket_id
+        return info
+
+    def _resolve(self, ticket_id: str) -> str:
+        seen = []
+        while ticket_id in self._aliases:
+            seen.append(ticket_id)
+            ticket_id = self._aliases[ticket_id]
+        for old in seen:
+            self._aliases[old] = ticket_id
+        return ticket_id
+
+
+def _seconds_before(timestamp: str, seconds: float) -> str:
+    """Return the RFC 3339 time `seconds` before `timestamp`; "" (no bound) if unreadable."""
+    try:
+        moment = datetime.strptime(timestamp, _TIMESTAMP_FORMAT)
+    except ValueError:
+        return ""
+    return (moment - timedelta(seconds=seconds)).strftime(_TIMESTAMP_FORMAT)

@@ -1,0 +1,1 @@
+"""ticketflow: inbound support email to helpdesk tickets, as a Bytewax dataflow."""

@@ -1,0 +1,283 @@
+"""Settings: the TOML config file, validated against typed defaults.
+
+Every key has a default that works for the demo, so an empty file (or none) is a
+valid config. An unknown key or a value of the wrong type raises `ConfigError`
+with the key's dotted path, what was expected, what was found, and a suggestion
+when the key looks like a typo of a known one.
+
+Secrets never live in the file. A table may name an environment variable to read
+(for example `token_env = "TICKETFLOW_JIRA_TOKEN"`), and only `TICKETFLOW_*`
+variables are accepted there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+DEFAULT_TICKET_KEY_PATTERN = r"\[([A-Z][A-Z0-9]{1,9}-[0-9]{1,9})\]"
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """How recipients map to tenants."""
+
+    # Recipients on these domains are our support mailboxes.
+    inbound_domains: tuple[str, ...] = ("support.example.com",)
+    # Tenant for mail that names no mailbox on an inbound domain.
+    default_tenant: str = "default"
+    # Tenants named here get their own metric label; others are reported as "other".
+    known_tenants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ThreadingSettings:
+    """How replies find their tickets."""
+
+    # Regular expression with one group: the ticket key inside a subject.
+    key_pattern: str = DEFAULT_TICKET_KEY_PATTERN
+    # Seconds a reply whose parent is unknown waits for it before opening its own ticket.
+    orphan_wait: float = 300.0
+    # Seconds of event time inside which the subject heuristic may join two messages.
+    subject_window: float = 7 * 24 * 3600.0
+    # Mail domains whose users share no organization, so a shared domain proves nothing.
+    free_mail_domains: tuple[str, ...] = (
+        "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com",
+        "live.com", "icloud.com", "me.com", "aol.com", "proton.me", "protonmail.com",
+        "gmx.de", "gmx.net", "web.de", "mail.ru", "yandex.ru", "qq.com", "163.com",
+    )
+    # Domains of our own Message-IDs (the ticket systems' notifications); mail answering
+    # one of them is an echo and never opens a ticket.
+    own_message_id_domains: tuple[str, ...] = ()
+    # Upper bound on References ids read from one message, so a huge header costs bounded work.
+    max_references: int = 200
+
+
+@dataclass(frozen=True)
+class DedupeSettings:
+    """The window inside which a second delivery of the same message is dropped."""
+
+    # Seconds of event time a delivery is remembered.
+    window: float = 24 * 3600.0
+    # Upper bound on remembered deliveries; the oldest are forgotten first beyond it.
+    max_entries: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """When a ticket is held for review and when mail opens nothing."""
+
+    # Spam score at or above which a ticket is held for review (the header's own units).
+    spam_threshold: float = 5.0
+    # What list and bulk mail does: "review", "open" or "suppress".
+    bulk_policy: Literal["review", "open", "suppress"] = "review"
+    # Automatic-looking messages allowed per sender inside `auto_reply_window`.
+    auto_reply_limit: int = 5
+    auto_reply_window: float = 3600.0
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """Which Authentication-Results headers to believe."""
+
+    # authserv-ids of our own receiving servers; empty means the topmost header counts.
+    authserv_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Size limits on input."""
+
+    # Larger messages become dead letters "too_large" with their headers kept.
+    max_message_bytes: int = 25 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated config."""
+
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    threading: ThreadingSettings = field(default_factory=ThreadingSettings)
+    dedupe: DedupeSettings = field(default_factory=DedupeSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read and validate a TOML config file; `None` gives the defaults."""
+    if path is None:
+        return Settings()
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+
+    return settings_from_mapping(data, origin=str(path))
+
+
+def settings_from_mapping(data: dict[str, Any], origin: str = "config") -> Settings:
+    """Validate a parsed config mapping against the typed defaults."""
+    settings = _build(Settings, data, prefix="", origin=origin)
+    _check_semantics(settings, origin)
+    return settings
+
+
+def settings_as_dict(settings: Settings) -> dict[str, Any]:
+    """Return the effective values as plain data, tuples as lists, for printing."""
+    return _plain(dataclasses.asdict(settings))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, origin: str) -> Any:
+    table_name = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{table_name}' in {origin} must be a table, found {_describe(data)}")
+
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(_unknown_key_message(prefix + key, key, known, origin))
+
+    values = {}
+    for name in known:
+        if name not in data:
+            continue
+        dotted = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, data[name], dotted + ".", origin)
+        else:
+            values[name] = _coerce(hint, data[name], dotted, origin)
+    return cls(**values)
+
+
+def _unknown_key_message(dotted: str, key: str, known: set[str], origin: str) -> str:
+    message = f"unknown key '{dotted}' in {origin}"
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"{message}; did you mean '{close[0]}'?"
+    return f"{message}; known keys here: {', '.join(sorted(known))}"
+
+
+def _coerce(hint: Any, value: Any, dotted: str, origin: str) -> Any:
+    origin_type = get_origin(hint)
+
+    if origin_type is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            allowed = ", ".join(repr(choice) for choice in choices)
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {value!r}; use one of {allowed}"
+            )
+        return value
+
+    if origin_type is tuple:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected a list of strings, "
+                f"found {_describe(value)}"
+            )
+        return tuple(value)
+
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected a number, "
+                f"found {_describe(value)}"
+            )
+        return float(value)
+
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected an integer, "
+                f"found {_describe(value)}"
+            )
+        return value
+
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected a string, "
+                f"found {_describe(value)}"
+            )
+        return value
+
+    raise TypeError(f"no coercion for type {hint!r} of '{dotted}'")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_semantics(settings: Settings, origin: str) -> None:
+    _check_pattern(settings.threading.key_pattern, origin)
+
+    for dotted, number in (
+        ("threading.orphan_wait", settings.threading.orphan_wait),
+        ("threading.subject_window", settings.threading.subject_window),
+        ("dedupe.window", settings.dedupe.window),
+        ("gate.auto_reply_window", settings.gate.auto_reply_window),
+    ):
+        if number < 0:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {number} is negative; "
+                "use a number of seconds, 0 or more"
+            )
+
+    for dotted, count in (
+        ("threading.max_references", settings.threading.max_references),
+        ("dedupe.max_entries", settings.dedupe.max_entries),
+        ("limits.max_message_bytes", settings.limits.max_message_bytes),
+    ):
+        if count < 1:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {count}; use a positive integer"
+            )
+
+    if not settings.routing.default_tenant.strip():
+        raise ConfigError(
+            f"invalid value for 'routing.default_tenant' in {origin}: it is empty; "
+            "name the tenant for mail addressed to no inbound domain"
+        )
+
+
+def _check_pattern(pattern: str, origin: str) -> None:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"invalid value for 'threading.key_pattern' in {origin}: {exc}; "
+            "give a Python regular expression"
+        ) from exc
+    if compiled.groups != 1:
+        raise ConfigError(
+            f"invalid value for 'threading.key_pattern' in {origin}: it has {compiled.groups} "
+            "groups; use exactly one group around the ticket key, e.g. "
+            r"'\[([A-Z]+-[0-9]+)\]'"
+        )
