@@ -166,13 +166,13 @@ def count_messages(path: str | Path) -> int:
 class CorpusSource(FixedPartitionedSource[RawMessage, int]):
     """A Bytewax input replaying one or more corpora, one partition per corpus path.
 
-    The partition key is the corpus's resolved absolute path, and the partition
+    The partition key is the corpus's absolute path, and the partition
     state is the number of messages it has already emitted. A resumed partition
     starts after them, so a run restored from a recovery snapshot emits each message
     once, as long as the corpus did not change in between (see the module's
     Limitations). Every path is checked when the source is built, so a bad path
-    raises `CorpusError` before the dataflow starts. A path named twice, or
-    under two names, is read once.
+    raises `CorpusError` before the dataflow starts. A path named twice (also
+    as ``dir/../box.mbox``) is read once; a symlink and its target are two paths.
     """
 
     def __init__(
@@ -199,7 +199,7 @@ class CorpusSource(FixedPartitionedSource[RawMessage, int]):
         self._clock = clock
 
     def list_parts(self) -> list[str]:
-        """List one partition key per corpus path: its resolved absolute path."""
+        """List one partition key per corpus path: its absolute path."""
         return list(self._keys)
 
     def build_part(
@@ -320,7 +320,11 @@ def _is_empty_file(path: Path) -> bool:
 
 
 def _absolute(path: Path) -> str:
-    return str(path.resolve())
+    """Return the absolute, normalized path without resolving symlinks.
+
+    A symlinked folder entry keeps its own name as its source, not its target's.
+    """
+    return os.path.abspath(path)
 
 
 def _split_mbox(path: Path) -> Iterator[bytes]:

@@ -373,17 +373,20 @@ class AutoReplyLimiter:
     """Allow at most `limit` automatic messages per sender in any `window_seconds`.
 
     Time is the event time passed to `allow`, never a clock, so a replayed corpus
-    gets the same answers as the live run. A refused message is not counted, so a
-    sender that keeps sending is let through again as soon as its oldest counted
-    message leaves the window.
+    gets the same answers as the live run. A message counts in the window
+    (at - window, at]. A refused message is not counted, so a sender that keeps
+    sending is let through again as soon as its oldest counted message leaves the
+    window. A window of 0 seconds therefore limits nothing.
 
     Memory is bounded: a sender is forgotten once its last counted message leaves
-    the window, and beyond `max_senders` the sender seen least recently is
-    forgotten first, which can let it through early.
+    the window (checked on every call), and beyond `max_senders` the sender counted
+    least recently is forgotten first, which can let it through early.
 
     Event times may arrive out of order. A late message is counted against every
     remembered message newer than its own time minus the window, including those
     later than itself, so lateness can refuse mail but never lets more through.
+    An expired sender that a late message left behind a live one is forgotten when
+    that live one expires.
     """
 
     def __init__(self, limit: int, window_seconds: float, max_senders: int = 100_000) -> None:
@@ -404,7 +407,7 @@ class AutoReplyLimiter:
         self.limit = limit
         self.window = timedelta(seconds=window_seconds)
         self.max_senders = max_senders
-        # Sender → times of its counted messages; least recently seen sender first.
+        # Sender → times of its counted messages; the sender counted least recently first.
         self._counted: OrderedDict[str, list[datetime]] = OrderedDict()
 
     @classmethod
@@ -425,28 +428,36 @@ class AutoReplyLimiter:
         cutoff = at - self.window
         self._forget_expired(cutoff)
 
-        times = [moment for moment in self._counted.pop(key, []) if moment > cutoff]
-        allowed = len(times) < self.limit
-        if allowed:
-            times.append(at)
-        if times:
-            self._counted[key] = times
-            self._forget_least_recent()
-        return allowed
+        times = [moment for moment in self._counted.get(key, ()) if moment > cutoff]
+        if len(times) >= self.limit:
+            self._keep_in_place(key, times)
+            return False
+
+        times.append(at)
+        self._counted[key] = times
+        self._counted.move_to_end(key)
+        self._forget_least_recent()
+        return True
 
     def __len__(self) -> int:
         """Return the number of senders remembered."""
         return len(self._counted)
 
     def _forget_expired(self, cutoff: datetime) -> None:
-        # Senders are ordered by when they were last seen, so expired ones gather at
-        # the front. Stop at the first live one; a late event can leave an expired
-        # sender behind it, which the `max_senders` bound still covers.
+        # Senders are ordered by their last counted message, so with in-order event
+        # times the expired ones gather at the front; stop at the first live one.
         while self._counted:
             sender, times = next(iter(self._counted.items()))
             if max(times) > cutoff:
                 return
             del self._counted[sender]
+
+    def _keep_in_place(self, sender: str, times: list[datetime]) -> None:
+        # A refused message does not move its sender, which keeps the order above.
+        if times:
+            self._counted[sender] = times
+        else:
+            self._counted.pop(sender, None)
 
     def _forget_least_recent(self) -> None:
         while len(self._counted) > self.max_senders:

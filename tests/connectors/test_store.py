@@ -1,0 +1,168 @@
+import itertools
+import sqlite3
+
+import pytest
+
+from ticketflow.connectors.store import MIGRATIONS, SqliteStore, StoreError, key_prefix, open_store
+from ticketflow.model import DeadLetter
+from ticketflow.outcome import Outcome
+from tests.factories import join_all, make_copy, make_event
+
+T = "2026-04-30T12:{:02d}:00Z"
+
+
+@pytest.fixture
+def store(tmp_path):
+    opened = SqliteStore(tmp_path / "tickets.db")
+    yield opened
+    opened.close()
+
+
+def thread_events():
+    return [
+        make_event("<p@x>", subject="[P1] API timeout", received_at=T.format(0)),
+        make_event("<r1@x>", subject="Re: [P1] API timeout", received_at=T.format(1),
+                   sender="bob@example.com", in_reply_to="<p@x>", references=("<p@x>",)),
+        make_event("<r2@x>", subject="Re: API timeout", received_at=T.format(2), in_reply_to="<r1@x>"),
+    ]
+
+
+def comparable(tickets):
+    """Drop the fields that depend on arrival order (the human key, timestamps)."""
+    return [{k: v for k, v in ticket.items() if k != "key"} for ticket in tickets]
+
+
+def test_thread_is_stored_as_one_ticket(store):
+    join_all([make_copy(e) for e in thread_events()], store=store)
+    tickets = store.tickets()
+    assert len(tickets) == 1
+    ticket = tickets[0]
+    assert ticket["key"] == "ACME-1"
+    assert ticket["requester"] == "alice@example.com"
+    assert ticket["participants"] == ["alice@example.com", "bob@example.com"]
+    assert [m["kind"] for m in ticket["messages"]] == ["original", "reply", "reply"]
+    assert ticket["reply_address"].startswith("acme-support+t-")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_stored_tickets_do_not_depend_on_order(tmp_path, order):
+    reference = SqliteStore(tmp_path / "reference.db")
+    join_all([make_copy(e) for e in thread_events()], store=reference)
+    shuffled = SqliteStore(tmp_path / "shuffled.db")
+    events = thread_events()
+    join_all([make_copy(events[i]) for i in order], store=shuffled)
+    assert comparable(shuffled.tickets()) == comparable(reference.tickets())
+    assert len(shuffled.tickets()) == 1
+
+
+def test_rerun_changes_nothing(store):
+    copies = [make_copy(e) for e in thread_events()]
+    first = join_all(copies, store=store)
+    before = store.tickets()
+    second = join_all(copies, store=store)
+    assert store.tickets() == before
+    assert [o.kind for o in second] == [o.kind for o in first]
+
+
+def test_redelivery_in_a_later_run_is_duplicate(store):
+    original = make_event("<p@x>", received_at=T.format(0), source="/one/1.eml")
+    join_all([make_copy(original)], store=store)
+    again = make_event("<p@x>", received_at=T.format(0), source="/two/1.eml")
+    outcomes = join_all([make_copy(again)], store=store)
+    assert [o.kind for o in outcomes] == ["duplicate"]
+
+
+def test_reply_in_a_later_run_threads_through_ledger(store):
+    join_all([make_copy(thread_events()[0])], store=store)
+    outcomes = join_all([make_copy(thread_events()[1])], store=store)
+    assert outcomes[0].kind == "threaded"
+    assert len(store.tickets()) == 1
+
+
+def test_own_key_in_subject_threads_in_a_later_run(store):
+    join_all([make_copy(make_event("<p@x>", sender="ann@corp.example", received_at=T.format(0)))], store=store)
+    key = store.tickets()[0]["key"]
+    follow_up = make_event("<q@x>", subject=f"[{key}] any news?", sender="ben@corp.example",
+                           received_at=T.format(9))
+    outcomes = join_all([make_copy(follow_up)], store=store)
+    assert outcomes[0].method == "subject_key"
+    assert len(store.tickets()) == 1
+
+
+def test_merge_keeps_both_keys_reachable(store):
+    events = [
+        make_event("<a@x>", received_at=T.format(0), sender="ann@corp.example"),
+        make_event("<b@x>", received_at=T.format(1), sender="ann@corp.example", subject="Other"),
+    ]
+    join_all([make_copy(e) for e in events], store=store)
+    bridge = make_event("<c@x>", received_at=T.format(2), references=("<a@x>", "<b@x>"))
+    join_all([make_copy(bridge)], store=store)
+    tickets = store.tickets()
+    assert len(tickets) == 1
+    assert tickets[0]["key"] == "ACME-1"
+    assert store.ticket_for_ref("acme", "ACME-2") == tickets[0]["ticket_id"]
+
+
+def test_unknown_key_is_kept_as_external_ref(store):
+    event = make_event("<a@x>", subject="[SUP-42] Login broken", received_at=T.format(0))
+    join_all([make_copy(event)], store=store)
+    assert store.tickets()[0]["external_refs"] == ["SUP-42"]
+
+
+def test_review_status_from_first_message(store):
+    event = make_event("<a@x>", received_at=T.format(0))
+    join_all([make_copy(event, review_reasons=("dmarc_fail",))], store=store)
+    ticket = store.tickets()[0]
+    assert ticket["status"] == "review"
+    assert ticket["review_reasons"] == ["dmarc_fail"]
+
+
+def test_keys_count_per_tenant(store):
+    events = [make_event(f"<m{n}@x>", received_at=T.format(n), subject=f"Issue {n}") for n in range(3)]
+    join_all([make_copy(events[0], tenant="acme"), make_copy(events[1], tenant="globex"),
+              make_copy(events[2], tenant="acme")], store=store)
+    assert sorted(t["key"] for t in store.tickets()) == ["ACME-1", "ACME-2", "GLOBEX-1"]
+
+
+def test_dead_letter_stored_once(store):
+    letter = DeadLetter("/corpus/bad.eml", "not_email", "no header block", "", b"\x00junk")
+    outcome = Outcome(kind="dead_letter", source=letter.source, reason=letter.reason, dead_letter=letter)
+    store.write([outcome])
+    store.write([outcome])
+    letters = store.dead_letters()
+    assert [(l["source"], l["reason"], l["size"]) for l in letters] == [("/corpus/bad.eml", "not_email", 5)]
+    assert store.dead_letter_bytes(letters[0]["dead_letter_id"]) == b"\x00junk"
+
+
+def test_migrations_run_once(tmp_path):
+    path = tmp_path / "m.db"
+    SqliteStore(path).close()
+    reopened = SqliteStore(path)
+    assert reopened.schema_version() == len(MIGRATIONS)
+    reopened.close()
+
+
+def test_newer_schema_is_rejected(tmp_path):
+    path = tmp_path / "m.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_version VALUES (99)")
+    with pytest.raises(StoreError, match="schema version 99, newer than"):
+        SqliteStore(path)
+
+
+@pytest.mark.parametrize("url", ["sqlite:/x.db", "mysql://h/db", "tickets.db"])
+def test_bad_store_url_is_rejected(url):
+    with pytest.raises(StoreError, match="invalid store URL"):
+        open_store(url)
+
+
+def test_postgres_url_says_not_built():
+    with pytest.raises(StoreError, match="not built yet"):
+        open_store("postgresql://127.0.0.1/test")
+
+
+@pytest.mark.parametrize("tenant, prefix", [("acme", "ACME"), ("app1", "APP1"), ("a", "AX"),
+                                            ("1st", "T1ST"), ("very.long_tenant", "VERYLONGTE")])
+def test_key_prefix(tenant, prefix):
+    assert key_prefix(tenant) == prefix

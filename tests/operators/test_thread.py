@@ -1,0 +1,214 @@
+"""Thread join scenarios, run through the flow's stateful logic without the engine."""
+
+import itertools
+import re
+
+import pytest
+
+from ticketflow.config import Settings, settings_from_mapping
+from ticketflow.operators.thread import (
+    plus_tokens,
+    reply_address,
+    subject_keys,
+    thread_parents,
+    thread_root,
+    ticket_id_for,
+)
+from tests.factories import join_all, make_copy, make_event, tickets_of
+
+T = "2026-04-30T12:{:02d}:00Z"
+
+
+def chain():
+    return [
+        make_event("<p@x>", received_at=T.format(0)),
+        make_event("<r1@x>", received_at=T.format(1), sender="bob@example.com",
+                   in_reply_to="<p@x>", references=("<p@x>",)),
+        make_event("<r2@x>", received_at=T.format(2), in_reply_to="<r1@x>"),
+    ]
+
+
+def test_reply_by_in_reply_to_joins_parent():
+    parent = make_event("<p@x>", received_at=T.format(0))
+    reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<p@x>")
+    outcomes = join_all([make_copy(parent), make_copy(reply)])
+    assert [o.kind for o in outcomes] == ["created", "threaded"]
+    assert outcomes[1].method == "in_reply_to"
+    assert outcomes[0].ticket_id == outcomes[1].ticket_id
+
+
+def test_reply_by_references_only_joins_parent():
+    parent = make_event("<p@x>", received_at=T.format(0))
+    reply = make_event("<r@x>", subject="RE: API timeout", received_at=T.format(1), references=("<p@x>",))
+    outcomes = join_all([make_copy(parent), make_copy(reply)])
+    assert outcomes[1].kind == "threaded"
+    assert outcomes[1].method == "references"
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_chain_gives_same_ticket_in_any_order(order):
+    events = chain()
+    outcomes = join_all([make_copy(events[i]) for i in order])
+    tickets = tickets_of(outcomes)
+    assert tickets == {ticket_id_for("acme", "<p@x>"): {"<p@x>", "<r1@x>", "<r2@x>"}}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(2))))
+def test_chain_without_root_gives_same_ticket_in_any_order(order):
+    events = chain()[1:]
+    outcomes = join_all([make_copy(events[i]) for i in order])
+    tickets = tickets_of(outcomes)
+    assert tickets == {ticket_id_for("acme", "<r1@x>"): {"<r1@x>", "<r2@x>"}}
+
+
+def test_reply_before_parent_waits_then_joins():
+    parent = make_event("<p@x>", received_at=T.format(0))
+    reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<p@x>", references=("<p@x>",))
+    outcomes = join_all([make_copy(reply), make_copy(parent)])
+    assert sorted(o.kind for o in outcomes) == ["created", "threaded"]
+    assert len(tickets_of(outcomes)) == 1
+
+
+def test_orphan_opens_its_own_ticket_at_end_of_input():
+    reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<gone@x>")
+    outcomes = join_all([make_copy(reply)])
+    assert [o.kind for o in outcomes] == ["created"]
+
+
+def test_shared_ancestor_only_still_threads():
+    root = make_event("<root@x>", received_at=T.format(0))
+    late = make_event("<late@x>", received_at=T.format(5), references=("<root@x>", "<missing@x>"),
+                      in_reply_to="<missing@x>")
+    outcomes = join_all([make_copy(root), make_copy(late)])
+    assert outcomes[1].kind == "threaded"
+
+
+def test_two_tickets_merge_when_a_message_links_them():
+    first = make_event("<a@x>", received_at=T.format(0))
+    second = make_event("<b@x>", received_at=T.format(1), sender="bob@example.com", subject="Other")
+    bridge = make_event("<c@x>", received_at=T.format(2), references=("<a@x>", "<b@x>"))
+    outcomes = join_all([make_copy(first), make_copy(second), make_copy(bridge)])
+    assert outcomes[2].merged_from == (outcomes[1].ticket_id,)
+    assert tickets_of(outcomes) == {outcomes[0].ticket_id: {"<a@x>", "<b@x>", "<c@x>"}}
+
+
+def test_subject_key_joins_colleague_from_same_domain():
+    first = make_event("<a@x>", subject="[SUP-42] Login broken", received_at=T.format(0),
+                       sender="alice@customer.example")
+    colleague = make_event("<b@x>", subject="Re: [SUP-42] still broken", received_at=T.format(3),
+                           sender="carol@customer.example")
+    outcomes = join_all([make_copy(first), make_copy(colleague)])
+    assert outcomes[0].external_refs == ("SUP-42",)
+    assert outcomes[1].kind == "threaded"
+    assert outcomes[1].method == "subject_key"
+
+
+def test_subject_key_from_stranger_opens_new_ticket():
+    first = make_event("<a@x>", subject="[SUP-42] Login broken", received_at=T.format(0),
+                       sender="alice@customer.example")
+    stranger = make_event("<b@x>", subject="[SUP-42] give me access", received_at=T.format(3),
+                          sender="mallory@attacker.example")
+    outcomes = join_all([make_copy(first), make_copy(stranger)])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+    assert outcomes[0].ticket_id != outcomes[1].ticket_id
+
+
+def test_subject_key_from_free_mail_stranger_opens_new_ticket():
+    first = make_event("<a@x>", subject="[SUP-7] Refund", received_at=T.format(0), sender="ann@gmail.com")
+    other = make_event("<b@x>", subject="[SUP-7] Refund too", received_at=T.format(3), sender="eve@gmail.com")
+    outcomes = join_all([make_copy(first), make_copy(other)])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+
+
+def test_plus_address_joins_ticket():
+    first = make_event("<a@x>", received_at=T.format(0))
+    opened = join_all([make_copy(first)])[0]
+    address = reply_address("acme-support@support.example.com", opened.ticket_id)
+    reply = make_event("<b@x>", subject="thanks", received_at=T.format(4), to=(address,),
+                       sender="someone@elsewhere.example")
+    outcomes = join_all([make_copy(first), make_copy(reply)])
+    assert outcomes[1].kind == "threaded"
+    assert outcomes[1].method == "plus_address"
+
+
+def test_subject_heuristic_joins_same_requester():
+    first = make_event("<a@x>", subject="Help", received_at=T.format(0))
+    again = make_event("<b@x>", subject="Re: Help", received_at=T.format(2))
+    outcomes = join_all([make_copy(first), make_copy(again)])
+    assert outcomes[1].kind == "threaded"
+    assert outcomes[1].method == "subject"
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_subject_heuristic_never_merges_requesters(order):
+    events = [
+        make_event("<a@x>", subject="Help", received_at=T.format(0), sender="ann@one.example"),
+        make_event("<b@x>", subject="Re: Help", received_at=T.format(2), sender="bob@two.example"),
+    ]
+    outcomes = join_all([make_copy(events[i]) for i in order])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+
+
+def test_subject_heuristic_never_merges_tenants():
+    first = make_event("<a@x>", subject="Help", received_at=T.format(0))
+    again = make_event("<b@x>", subject="Re: Help", received_at=T.format(2))
+    outcomes = join_all([make_copy(first, tenant="acme"), make_copy(again, tenant="globex")])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+
+
+def test_same_message_to_two_tenants_opens_two_tickets():
+    event = make_event("<a@x>", received_at=T.format(0))
+    outcomes = join_all([make_copy(event, tenant="acme"), make_copy(event, tenant="globex", first_copy=False)])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+    assert outcomes[0].ticket_id != outcomes[1].ticket_id
+
+
+def test_second_delivery_is_duplicate():
+    first = make_event("<a@x>", received_at=T.format(0), source="/1.eml")
+    again = make_event("<a@x>", received_at=T.format(0), source="/2.eml")
+    outcomes = join_all([make_copy(first), make_copy(again)])
+    assert [o.kind for o in outcomes] == ["created", "duplicate"]
+
+
+def test_automatic_mail_unthreaded_is_suppressed():
+    auto = make_event("<a@x>", subject="Out of office", received_at=T.format(0))
+    outcomes = join_all([make_copy(auto, automatic="auto_submitted")])
+    assert [(o.kind, o.reason) for o in outcomes] == [("suppressed", "auto_submitted")]
+
+
+def test_automatic_mail_threaded_is_kept():
+    parent = make_event("<p@x>", received_at=T.format(0))
+    auto = make_event("<a@x>", subject="Out of office", received_at=T.format(1), in_reply_to="<p@x>")
+    outcomes = join_all([make_copy(parent), make_copy(auto, automatic="auto_submitted")])
+    assert outcomes[1].kind == "threaded"
+
+
+def test_bulk_suppressed_by_policy():
+    news = make_event("<n@x>", subject="Newsletter", received_at=T.format(0))
+    outcomes = join_all([make_copy(news, bulk="list", bulk_suppressed=True)])
+    assert [(o.kind, o.reason) for o in outcomes] == [("suppressed", "list")]
+
+
+def test_thread_parents_puts_in_reply_to_first():
+    event = make_event("<c@x>", in_reply_to="<b@x>", references=("<a@x>", "<b@x>"))
+    assert thread_parents(event) == ["<b@x>", "<a@x>"]
+    assert thread_root(event) == "<a@x>"
+
+
+def test_subject_keys_ignore_other_systems_tags():
+    pattern = re.compile(Settings().threading.key_pattern)
+    assert subject_keys("[Ticket#123] [SUP-42] color [#ff0000]", pattern) == ["SUP-42"]
+
+
+def test_key_pattern_is_configurable():
+    settings = settings_from_mapping({"threading": {"key_pattern": r"#(HD\d+)"}})
+    first = make_event("<a@x>", subject="#HD7 printer", received_at=T.format(0), sender="a@corp.example")
+    second = make_event("<b@x>", subject="about #HD7", received_at=T.format(1), sender="b@corp.example")
+    outcomes = join_all([make_copy(first), make_copy(second)], settings)
+    assert outcomes[1].method == "subject_key"
+
+
+def test_plus_tokens_only_on_inbound_domains():
+    event = make_event("<a@x>", to=("acme-support+t-0123456789ab@support.example.com",
+                                    "x+t-ffffffffffff@elsewhere.example"))
+    assert plus_tokens(event, ["support.example.com"]) == ["0123456789ab"]

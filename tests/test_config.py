@@ -1,0 +1,70 @@
+import pytest
+
+from ticketflow.config import ConfigError, Settings, load_settings, settings_as_dict, settings_from_mapping
+
+
+def test_no_file_gives_defaults():
+    assert load_settings(None) == Settings()
+
+
+def test_values_are_read(tmp_path):
+    path = tmp_path / "ticketflow.toml"
+    path.write_text(
+        '[routing]\ninbound_domains = ["help.example.org"]\ndefault_tenant = "misc"\n'
+        '[gate]\nspam_threshold = 8\nbulk_policy = "open"\n'
+    )
+    settings = load_settings(path)
+    assert settings.routing.inbound_domains == ("help.example.org",)
+    assert settings.routing.default_tenant == "misc"
+    assert settings.gate.spam_threshold == 8.0
+    assert settings.gate.bulk_policy == "open"
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"unknown key 'routing.inbound_domain' .*did you mean 'inbound_domains'\?"):
+        settings_from_mapping({"routing": {"inbound_domain": ["x"]}})
+
+
+def test_unknown_table_lists_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown key 'nonsense'.*known keys here: dedupe, gate"):
+        settings_from_mapping({"nonsense": {}})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"routing": {"inbound_domains": "support.example.com"}}, r"'routing.inbound_domains'.*expected a list of strings"),
+        ({"gate": {"spam_threshold": "high"}}, r"'gate.spam_threshold'.*expected a number"),
+        ({"gate": {"spam_threshold": True}}, r"'gate.spam_threshold'.*expected a number"),
+        ({"gate": {"bulk_policy": "drop"}}, r"'gate.bulk_policy'.*use one of 'review', 'open', 'suppress'"),
+        ({"limits": {"max_message_bytes": 1.5}}, r"'limits.max_message_bytes'.*expected an integer"),
+        ({"limits": {"max_message_bytes": 0}}, r"'limits.max_message_bytes'.*positive integer"),
+        ({"dedupe": {"window": -1}}, r"'dedupe.window'.*negative"),
+        ({"threading": {"key_pattern": "[A-Z"}}, r"'threading.key_pattern'.*regular expression"),
+        ({"threading": {"key_pattern": "[A-Z]+-[0-9]+"}}, r"'threading.key_pattern'.*exactly one group"),
+        ({"routing": {"default_tenant": " "}}, r"'routing.default_tenant'.*empty"),
+        ({"routing": "x"}, r"'routing' in config must be a table"),
+        ({"routing": {"default_tenant": 3}}, r"'routing.default_tenant'.*expected a string"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        settings_from_mapping(data)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[routing\n")
+    with pytest.raises(ConfigError, match="invalid TOML in .*broken.toml"):
+        load_settings(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_effective_values_are_plain_data():
+    values = settings_as_dict(Settings())
+    assert values["routing"]["inbound_domains"] == ["support.example.com"]
+    assert values["limits"]["max_message_bytes"] == 25 * 1024 * 1024
