@@ -23,8 +23,9 @@ from email.utils import getaddresses
 from itertools import islice
 from typing import Any, Literal, TypedDict
 
-from ticketflow.config import RoutingSettings
 from ticketflow.operators.subject import split_leading_parts
+
+from ticketflow.config import RoutingSettings
 
 DEFAULT_PRIORITY = "P3"
 
@@ -75,7 +76,7 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class Enrichment(TypedDict):
-    """What `enrich` adds to a ticket."""
+    """Ticket fields that `enrich` sets."""
 
     priority: str
     component: str | None
@@ -155,8 +156,8 @@ def tenants_for(event: Mapping[str, Any], routing: RoutingSettings) -> list[str]
 
     From an address, the tenant is the local part up to the first "-" or "+",
     lowercased: "app1-support@…" and "acme+billing@…" give "app1" and "acme". A
-    tenant id must be 1 to 64 characters of a-z, 0-9, "_", "." and "-" and start
-    with a letter or digit; a value of another shape is skipped, so the next
+    tenant id must be 1 to 64 characters of a-z, 0-9, "_", "." and "-", starting
+    with a letter or digit. A value of another shape is skipped, so the next
     address or rule applies.
 
     >>> routing = RoutingSettings(inbound_domains=("support.example.com",))
@@ -280,9 +281,9 @@ def component_for(event: Mapping[str, Any]) -> str | None:
     Rules, first match wins:
     1. The first component tag among the tags at the start of the subject
        ("[P1][Payments] API timeout" gives "payments"). A component tag starts with a
-       letter, has at most 40 characters of letters, digits, spaces and "._-/&+", and
-       is not a priority tag, a ticket key ("[ABC-123]"), a reference number (three
-       digits in a row), or a banner tag of `BANNER_TAGS` ("[EXT]", "[SPAM]").
+       letter and has at most 40 characters of letters, digits, spaces and "._-/&+".
+       It is not a priority tag, a ticket key ("[ABC-123]"), a reference number
+       (three digits in a row), or one of the banner tags in `BANNER_TAGS`.
     2. A line "component: NAME" among the first 5 non-empty lines of the plain-text
        body, with NAME following the same rule.
 

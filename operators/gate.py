@@ -4,7 +4,7 @@
 
 - `automatic_reason`: mail that a program sent on its own (RFC 3834 auto-replies,
   bounces, reports, echoes of our own mail). It never opens a ticket, but the thread
-  stage may still attach it to the ticket it answers, as a message of kind
+  stage may still attach it to the ticket it replies to, as a message of kind
   "auto_reply".
 - `bulk_reason`: list and bulk mail, handled by `[gate] bulk_policy`.
 - `review_reasons`: authentication and spam results that hold a new ticket in
@@ -12,7 +12,7 @@
 
 `AutoReplyLimiter` is the one stateful piece: it caps how many automatic messages
 per sender the flow lets through in a window of event time, so two autoresponders
-answering each other cannot grow a ticket without end.
+replying to each other cannot grow a ticket without end.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from email.message import Message
 from typing import Any, Literal
 
-from ticketflow.config import GateSettings, RoutingSettings, ThreadingSettings
 from ticketflow.operators.enrich import (
     address_domain,
     envelope_field,
@@ -33,14 +32,16 @@ from ticketflow.operators.enrich import (
     is_inbound_address,
 )
 
+from ticketflow.config import GateSettings, RoutingSettings, ThreadingSettings
+
 MessageKind = Literal["original", "reply", "auto_reply"]
 
 # Results of RFC 8601 Authentication-Results that count as failed. An SPF "softfail"
-# is the domain owner saying the host is probably not authorized, so it counts; a
-# DKIM "none" only means the message was not signed, so it does not.
+# counts, because with it the domain owner states that the host is probably not
+# authorized. A DKIM "none" does not, because it only means the message is unsigned.
 _SPF_FAILED = frozenset({"fail", "softfail"})
 _DKIM_FAILED = frozenset({"fail"})
-# DMARC results that are a verdict; "none", "temperror" and "permerror" are not.
+# DMARC results that are a verdict. "none", "temperror" and "permerror" are not.
 _DMARC_VERDICTS = frozenset({"pass", "fail"})
 
 # Local parts that only mail systems send from. "postmaster" is also a person's
@@ -61,7 +62,7 @@ class GateDecision:
     `review_reasons` lists why a ticket it opens is held for review, in a stable
     order, "bulk" last under the "review" policy. `suppress` is True when
     `bulk_policy` is "suppress" and the message is bulk. `auto_response_suppressed`
-    is True when the sender asked for no automatic answer (X-Auto-Response-Suppress).
+    is True when X-Auto-Response-Suppress requests that no auto-reply be sent.
     """
 
     automatic: str | None = None
@@ -94,10 +95,10 @@ class GateDecision:
 
     @property
     def may_auto_respond(self) -> bool:
-        """Whether an automatic answer (an acknowledgment) may go to the sender.
+        """Whether an auto-reply (an acknowledgment) may be sent to the sender.
 
-        RFC 3834 section 2 asks responders not to answer automatic, list and bulk
-        mail, and Microsoft's X-Auto-Response-Suppress asks the same for a message.
+        RFC 3834 section 2 tells responders not to reply to automatic, list and bulk
+        mail, and Microsoft's X-Auto-Response-Suppress requests the same per message.
         """
         return self.automatic is None and self.bulk is None and not self.auto_response_suppressed
 
@@ -121,8 +122,8 @@ def gate(
 ) -> GateDecision:
     """Return the gate's decision for one event, with `bulk_policy` applied.
 
-    Under "review", bulk mail gets the review reason "bulk"; under "suppress" it
-    may not open a ticket; under "open" it is treated like any other mail.
+    Under "review", bulk mail gets the review reason "bulk". Under "suppress", it
+    may not open a ticket. Under "open", it is treated like any other mail.
     """
     bulk = bulk_reason(event)
     reasons = review_reasons(event, gate_settings)
@@ -209,16 +210,16 @@ def automatic_reason(
       abuse feedback report (RFC 5965).
     - "auto_submitted": an Auto-Submitted header whose value is not "no" (RFC 3834).
     - "auto_reply": Precedence: auto_reply, or an X-Autoreply or X-Autorespond header
-      whose value is not "no". X-Auto-Response-Suppress alone does not count: it is the
-      sender asking not to be auto-answered, which many human messages and bulk
-      mailers carry too.
+      whose value is not "no". X-Auto-Response-Suppress alone does not count, because
+      it only requests that no auto-reply be sent, and many messages from people and
+      bulk mailers carry it too.
     - "echo": mail that two systems may be bouncing between each other without any
       auto-reply header. From is one of our own inbound addresses, or In-Reply-To or
       References names a message id on `threading.own_message_id_domains`.
 
-    The "echo" rule also matches a person answering one of our notifications. Such a
-    reply still joins its ticket when the thread stage finds it (by header, ticket
-    key or reply address); it opens no new ticket when it finds none.
+    The "echo" rule also matches a person replying to one of our notifications. The
+    thread stage still attaches such a reply to its ticket when it finds one (by
+    header, ticket key or reply address). When it finds none, the reply opens nothing.
     """
     if _is_bounce(event):
         return "bounce"
@@ -265,7 +266,8 @@ def _has_null_return_path(event: Mapping[str, Any]) -> bool:
     value = header_value(event, "Return-Path")
     if value is None:
         return False
-    return value.replace(" ", "").strip() in ("<>", "")
+    # "<>", "< >" and the "<<>>" that some servers write all mean a null path.
+    return not value.strip().strip("<> \t")
 
 
 def _is_auto_submitted(event: Mapping[str, Any]) -> bool:
@@ -296,7 +298,9 @@ def _is_echo(
     if is_inbound_address(_sender(event), routing):
         return True
 
-    own_domains = {domain.strip().rstrip(".").lower() for domain in threading.own_message_id_domains}
+    own_domains = {
+        domain.strip().rstrip(".").lower() for domain in threading.own_message_id_domains
+    }
     if not own_domains:
         return False
     return any(
@@ -322,10 +326,10 @@ def _message_id_domain(message_id: str) -> str:
 
 
 def _auto_response_suppressed(event: Mapping[str, Any]) -> bool:
-    """Tell whether X-Auto-Response-Suppress asks that no auto-reply be sent.
+    """Tell whether X-Auto-Response-Suppress requests that no auto-reply be sent.
 
-    The header lists what to suppress ("OOF, AutoReply", "All"); "None" asks nothing.
-    Only "All" and "AutoReply" cover an acknowledgment from a helpdesk.
+    The header lists what to suppress ("OOF, AutoReply", "All"), and "None" suppresses
+    nothing. Only "All" and "AutoReply" cover an acknowledgment from a helpdesk.
     """
     value = header_value(event, "X-Auto-Response-Suppress") or ""
     requested = {word.strip().casefold() for word in value.split(",")}
@@ -373,7 +377,7 @@ class AutoReplyLimiter:
     """Allow at most `limit` automatic messages per sender in any `window_seconds`.
 
     Time is the event time passed to `allow`, never a clock, so a replayed corpus
-    gets the same answers as the live run. A message counts in the window
+    gets the same results as the live run. A message counts in the window
     (at - window, at]. A refused message is not counted, so a sender that keeps
     sending is let through again as soon as its oldest counted message leaves the
     window. A window of 0 seconds therefore limits nothing.
@@ -444,8 +448,8 @@ class AutoReplyLimiter:
         return len(self._counted)
 
     def _forget_expired(self, cutoff: datetime) -> None:
-        # Senders are ordered by their last counted message, so with in-order event
-        # times the expired ones gather at the front; stop at the first live one.
+        # Senders are ordered by their last counted message. With in-order event
+        # times the expired ones gather at the front, so stop at the first live one.
         while self._counted:
             sender, times = next(iter(self._counted.items()))
             if max(times) > cutoff:

@@ -29,10 +29,11 @@ Prefixes recognized (case-insensitive, each followed by ":" or the full-width "�
 | Japanese | 返信 | 転送 |
 | Korean | 회신 | 전달 |
 
-A prefix may carry a reply counter: "Re[2]:", "Re(3):", "Re^4:". "VS" means reply in
-Finnish and forward in the Scandinavian languages; it counts as a forward, because a
-reply that is taken for a forward can at worst open a ticket of its own, while the
-opposite could attach new mail to an old ticket.
+A prefix may carry a reply counter: "Re[2]:", "Re(3):", "Re^4:".
+
+"VS" means reply in Finnish and forward in the Scandinavian languages. It counts as
+a forward: a reply taken for a forward can at worst open a ticket of its own, while
+a forward taken for a reply could attach new mail to an old ticket.
 
 Left out on purpose: the Italian forward "I:" and the Hungarian forward "TO:", which
 are too easily an ordinary word at the start of an English subject.
@@ -54,16 +55,16 @@ FORWARD_PREFIXES: tuple[str, ...] = (
     "πρθ", "הועבר", "转发", "轉寄", "轉發", "転送", "전달",
 )
 
-# Upper bound on the leading prefixes and tags read from one subject, so a hostile
-# subject of thousands of "Re:" costs bounded work; the rest is left in the remainder.
+# Maximum number of leading prefixes and tags read from one subject, so a hostile
+# subject of thousands of "Re:" costs bounded work. Further ones stay in the remainder.
 MAX_LEADING_PARTS = 50
 
-# Longest text read as one bracketed tag; a longer bracket is ordinary subject text.
+# Maximum length of a bracketed tag's content. A longer bracket is ordinary subject text.
 MAX_TAG_LENGTH = 80
 
 
 def _alternation(words: tuple[str, ...]) -> str:
-    # Longest first, so "fwd" is tried before "fw" and "antwort" before "antw".
+    # Sorted by length, longest first, so "fwd" is tried before "fw".
     return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
 
 
@@ -74,8 +75,10 @@ _PREFIX = re.compile(
 )
 _REPLY_WORDS = frozenset(word.casefold() for word in REPLY_PREFIXES)
 
-_TAG = re.compile(r"\s*(?:\[(?P<square>[^\[\]]{0,%d})\]|【(?P<lenticular>[^【】]{0,%d})】)"
-                  % (MAX_TAG_LENGTH, MAX_TAG_LENGTH))
+_TAG = re.compile(
+    rf"\s*(?:\[(?P<square>[^\[\]]{{0,{MAX_TAG_LENGTH}}})\]"
+    rf"|【(?P<lenticular>[^【】]{{0,{MAX_TAG_LENGTH}}})】)"
+)
 
 # The old forwarding convention puts a "(fwd)" after the subject.
 _FWD_SUFFIX = re.compile(r"\s*\(fwd\)\s*$", re.IGNORECASE)
@@ -145,11 +148,11 @@ def _prefix_part(word: str) -> LeadingPart:
 def normalize_subject(subject: str) -> str:
     """Reduce a subject to the text the subject heuristic compares.
 
-    Applies Unicode NFKC (so full-width "ＲＥ：" reads as "RE:"), removes every leading
-    reply/forward prefix and every leading bracketed tag (ticket keys included, so
-    "Re: [SUP-42] Printer broken" matches the original "Printer broken"), removes a
-    trailing "(fwd)", casefolds, and collapses runs of whitespace to one space.
-    Tags after the first word of text stay, ticket keys among them.
+    Steps: apply Unicode NFKC, so full-width "ＲＥ：" reads as "RE:". Remove every
+    leading reply/forward prefix and every leading bracketed tag. Ticket keys are
+    removed too, so "Re: [SUP-42] Printer broken" matches the original "Printer
+    broken". Remove a trailing "(fwd)", casefold, and collapse runs of whitespace to
+    one space. Tags after the first word of text stay, ticket keys among them.
 
     >>> normalize_subject("RE: AW:  [EXT] Printer   BROKEN (fwd)")
     'printer broken'

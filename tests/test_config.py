@@ -40,6 +40,7 @@ def test_unknown_table_lists_known_ones():
         ({"limits": {"max_message_bytes": 1.5}}, r"'limits.max_message_bytes'.*expected an integer"),
         ({"limits": {"max_message_bytes": 0}}, r"'limits.max_message_bytes'.*positive integer"),
         ({"dedupe": {"window": -1}}, r"'dedupe.window'.*negative"),
+        ({"gate": {"auto_reply_limit": -1}}, r"'gate.auto_reply_limit'.*negative"),
         ({"threading": {"key_pattern": "[A-Z"}}, r"'threading.key_pattern'.*regular expression"),
         ({"threading": {"key_pattern": "[A-Z]+-[0-9]+"}}, r"'threading.key_pattern'.*exactly one group"),
         ({"routing": {"default_tenant": " "}}, r"'routing.default_tenant'.*empty"),

@@ -250,6 +250,12 @@ def _check_semantics(settings: Settings, origin: str) -> None:
                 "use a number of seconds, 0 or more"
             )
 
+    if settings.gate.auto_reply_limit < 0:
+        raise ConfigError(
+            f"invalid value for 'gate.auto_reply_limit' in {origin}: "
+            f"{settings.gate.auto_reply_limit} is negative; use 0 (refuse all) or more"
+        )
+
     for dotted, count in (
         ("threading.max_references", settings.threading.max_references),
         ("dedupe.max_entries", settings.dedupe.max_entries),

@@ -1,10 +1,11 @@
 """Tests for tenant, priority, component and environment rules."""
 
 import doctest
+import re
 
 import pytest
-
-from ticketflow.config import RoutingSettings
+from hypothesis import given
+from hypothesis import strategies as st
 from ticketflow.operators import enrich as enrich_module
 from ticketflow.operators.enrich import (
     clean_subject,
@@ -16,6 +17,8 @@ from ticketflow.operators.enrich import (
     slug,
     tenants_for,
 )
+
+from ticketflow.config import RoutingSettings
 
 ROUTING = RoutingSettings(
     inbound_domains=("support.example.com", "Help.Example.ORG"),
@@ -359,7 +362,9 @@ def test_priority_for(subject, headers, expected):
         pytest.param("[" + "x" * 41 + "] Refund", "", None, id="too-long"),
         pytest.param("Refund failed [Payments]", "", None, id="not-leading"),
         pytest.param("Refund failed", "Component: Payments\n\nHello", "payments", id="body"),
-        pytest.param("Refund failed", "  component :  Billing API \n", "billing-api", id="body-spaced"),
+        pytest.param(
+            "Refund failed", "  component :  Billing API \n", "billing-api", id="body-spaced"
+        ),
         pytest.param(
             "Refund failed",
             "Hello\n\n\nteam,\n\nline 3\nline 4\ncomponent: payments",
@@ -499,3 +504,33 @@ def test_enrich_malformed_event_reads_as_absent():
         "environment": None,
         "tier": None,
     }
+
+
+ENRICH_HEADERS = [
+    "X-Tenant-Id", "x-tenant-id", "Delivered-To", "X-Original-To", "X-Priority",
+    "Importance", "Priority", "X-Environment",
+]
+ADDRESSES = st.one_of(
+    st.text(max_size=30),
+    st.builds(lambda local: f"{local}@support.example.com", st.text(max_size=20)),
+)
+
+
+@given(
+    headers=st.dictionaries(st.sampled_from(ENRICH_HEADERS), st.text(max_size=40)),
+    subject=st.text(max_size=80),
+    text=st.text(max_size=200),
+    to=st.lists(ADDRESSES, max_size=3),
+)
+def test_rules_total_on_arbitrary_input(headers, subject, text, to):
+    event = make_event(subject=subject, to=to, headers=headers, text=text)
+
+    tenants = tenants_for(event, ROUTING)
+    result = enrich(event, ROUTING)
+
+    assert tenants == sorted(set(tenants))
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", tenant) for tenant in tenants)
+    assert result["priority"] in {"P0", "P1", "P2", "P3", "P4"}
+    for value in (result["component"], result["environment"]):
+        assert value is None or slug(value) == value
+    assert isinstance(clean_subject(subject), str)

@@ -6,7 +6,6 @@ import time
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from ticketflow.operators import subject as subject_module
 from ticketflow.operators.subject import (
     MAX_LEADING_PARTS,
