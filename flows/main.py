@@ -91,6 +91,7 @@ def parse_record(record: RawMessage, settings: Settings) -> Event | DeadLetter:
             record.raw,
             record.source,
             record.ingested_at,
+            content_type=record.content_type,
             authserv_ids=settings.trust.authserv_ids,
             max_references=settings.threading.max_references,
         )

@@ -14,8 +14,8 @@ turns bytes into text with a recorded defect for every repair or guess:
   bytes, and the charset was chosen from the content.
 
 Guessing is a heuristic over a fixed candidate list (UTF-8, ISO-2022-JP by its
-escape sequences, windows-1252, windows-1251, KOI8-R, GB18030, cp932, cp949,
-cp950). It separates Western European and Cyrillic text well; among the East
+escape sequences, windows-1252, windows-1251, KOI8-R, windows-1253, GB18030,
+cp932, cp949, cp950). It separates Western European and Cyrillic text well; among the East
 Asian double-byte charsets it prefers by a plausibility score, which can pick
 the wrong one for short strings.
 """
@@ -120,7 +120,7 @@ _SUPERSETS: dict[str, tuple[str, ...]] = {
     "ascii": (),
 }
 
-_GUESS_CANDIDATES = ("cp1252", "cp1251", "koi8_r", "gb18030", "cp932", "cp949", "cp950")
+_GUESS_CANDIDATES = ("cp1252", "cp1251", "koi8_r", "cp1253", "gb18030", "cp932", "cp949", "cp950")
 
 # How much of a body the guesser reads; the winner decodes all of it.
 _GUESS_SAMPLE_BYTES = 32 * 1024
@@ -229,34 +229,61 @@ def _has_valid_multibyte_utf8(data: bytes) -> bool:
     return not data.decode("utf-8", errors="ignore").isascii()
 
 
-def _char_plausibility(char: str, next_char: str) -> float:
+def _han_plausibility(char: str, codec: str) -> float:
+    # A double-byte character spends two bytes, so it earns about twice a
+    # Cyrillic letter. Simplified text read as GB18030 stays mostly inside
+    # GB2312 level 1 (lead bytes below 0xD8), the 3,755 common characters.
+    if codec == "gb18030":
+        try:
+            encoded = char.encode("gb2312")
+        except UnicodeEncodeError:
+            return 0.0
+        return 4.0 if encoded[0] < 0xD8 else 1.0
+    if codec == "cp949":
+        return 1.0  # Korean text seldom uses Hanja
+    return 3.5
+
+
+def _hangul_plausibility(char: str, codec: str) -> float:
+    if codec != "cp949":
+        return -3.0
+    try:
+        char.encode("euc_kr")  # KS X 1001: the 2,350 syllables in common use
+    except UnicodeEncodeError:
+        return -1.0
+    return 5.0
+
+
+def _char_plausibility(char: str, neighbours: str, codec: str) -> float:
     code = ord(char)
     if 0xC0 <= code <= 0x24F and char.isalpha():
         return 1.0
     if 0x370 <= code <= 0x4FF and char.isalpha():
-        if next_char.isascii() and next_char.isalpha():
+        if any(near.isascii() and near.isalpha() for near in neighbours):
             return -4.0  # a Greek or Cyrillic letter glued to a Latin one
-        return 2.0 if char.islower() else 0.0
-    if 0x3040 <= code <= 0x30FF or 0xAC00 <= code <= 0xD7A3:
-        return 3.0
+        if char.isupper() and neighbours[0].isalpha() and neighbours[0].islower():
+            return -2.0  # "пРИВЕТ": the case pattern of a wrong Cyrillic table
+        return 2.0 if char.islower() else 1.0
+    if 0x3040 <= code <= 0x30FF:
+        return 5.0 if codec == "cp932" else -3.0
+    if 0xAC00 <= code <= 0xD7A3:
+        return _hangul_plausibility(char, codec)
     if 0x4E00 <= code <= 0x9FFF:
-        return 2.0
-    if 0x2010 <= code <= 0x206F or code in (0xA0, 0xAB, 0xBB, 0xB0, 0x2116):
+        return _han_plausibility(char, codec)
+    if 0x2010 <= code <= 0x206F or code in (0xA0, 0xAB, 0xBB, 0xB0, 0x2116, 0x3000, 0x3001, 0x3002):
         return 0.5
     return -3.0
 
 
-def _plausibility(text: str) -> float:
+def _plausibility(text: str, codec: str) -> float:
     score = 0.0
-    for index, char in enumerate(text):
+    padded = f" {text} "
+    for index in range(1, len(padded) - 1):
+        char = padded[index]
         if char.isascii():
             continue
-        next_char = text[index + 1] if index + 1 < len(text) else " "
-        previous = text[index - 1] if index else " "
-        value = _char_plausibility(char, next_char)
-        if value > 0 and 0x370 <= ord(char) <= 0x4FF and previous.isascii() and previous.isalpha():
-            value = -4.0
-        score += value
+        neighbours = padded[index - 1] + padded[index + 1]
+        score += _char_plausibility(char, neighbours, codec)
     return score
 
 
@@ -281,7 +308,7 @@ def guess_charset(data: bytes) -> str:
             if error.start < len(sample) - 4:
                 continue
             text = sample[: error.start].decode(codec, errors="replace")
-        score = _plausibility(text)
+        score = _plausibility(text, codec)
         if score > best_score:
             best_codec, best_score = codec, score
     return best_codec

@@ -79,6 +79,11 @@ class RawMessage:
     source: str
     raw: bytes
     ingested_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # What the value is, from a Kafka record header: "message/rfc822" or
+    # "application/json"; None lets the parser detect it.
+    content_type: str | None = None
+    # W3C trace context carried with the record, if any.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
