@@ -11,7 +11,7 @@ Kinds, as `corpus_kind` detects them:
   file is one RFC 5322 message. Source: the file's absolute path.
 - ``"mbox"``: a regular file whose first line starts with ``From ``. A message starts
   at each line beginning with ``From `` that is the first line of the file or follows
-  an empty line; that separator line is not part of the message, and neither is the
+  an empty line. That separator line is not part of the message, and neither is the
   empty line before the next separator (or at the end of the file). mboxrd quoting is
   undone (``>From `` becomes ``From ``, ``>>From `` becomes ``>From ``); every other
   byte, line endings included, is kept. Source: ``/abs/box.mbox#17`` for the message
@@ -65,8 +65,8 @@ CorpusKind = Literal["file", "folder", "mbox", "maildir"]
 
 DEFAULT_BATCH_SIZE = 256
 
-# Bytes read from an mbox at a time; a message larger than this is assembled from
-# several reads, so this bounds only the read size, not the message size.
+# Bytes read from an mbox at a time. A larger message is assembled from several
+# reads, so this bounds the read size, not the message size.
 MBOX_CHUNK_SIZE = 1 << 20
 
 # A folder corpus may carry its README and a demo config beside the messages.
@@ -87,7 +87,7 @@ _TRAILING_EMPTY_LINE = re.compile(rb"\n\r?\n\Z")
 
 
 class CorpusError(ValueError):
-    """A corpus path that cannot be read as a corpus; the message names the path."""
+    """A corpus path that cannot be read as a corpus. The message names the path."""
 
 
 def corpus_kind(path: str | Path) -> CorpusKind:
@@ -144,7 +144,7 @@ def _stamp(
     start: int,
     clock: Callable[[], datetime],
 ) -> Generator[RawMessage, None, None]:
-    """Skip `start` entries and wrap the rest; closing this closes the open file, if any."""
+    """Skip `start` entries and wrap the rest. Closing this generator closes the open file."""
     try:
         for source, raw in islice(entries, start, None):
             yield RawMessage(source=source, raw=raw, ingested_at=clock())
@@ -202,9 +202,7 @@ class CorpusSource(FixedPartitionedSource[RawMessage, int]):
         """List one partition key per corpus path: its absolute path."""
         return list(self._keys)
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: int | None
-    ) -> CorpusPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> CorpusPartition:
         """Open the corpus `for_part`, resuming after `resume_state` messages."""
         return CorpusPartition(
             for_part,
@@ -215,7 +213,7 @@ class CorpusSource(FixedPartitionedSource[RawMessage, int]):
 
 
 class CorpusPartition(StatefulSourcePartition[RawMessage, int]):
-    """The messages of one corpus path, in batches; the state is the count emitted."""
+    """The messages of one corpus path, in batches, with the count emitted as its state."""
 
     def __init__(
         self,
@@ -286,8 +284,8 @@ def _is_message_entry(entry: Path) -> bool:
     try:
         mode = entry.stat().st_mode
     except OSError:
-        # A broken symlink or an entry that vanished: kept, so it is read (and fails) in
-        # its place instead of disappearing from the count.
+        # A broken symlink or an entry that vanished is kept, so that reading it fails
+        # in its place instead of the entry disappearing from the count.
         return True
     return stat.S_ISREG(mode)
 
@@ -337,9 +335,9 @@ def _split_mbox(path: Path) -> Iterator[bytes]:
 
 
 def _split_mbox_stream(file: BinaryIO) -> Iterator[bytes]:
-    """Split an mbox stream into messages; the stream must start with a separator line.
+    """Split an mbox stream into messages. The stream must start with a separator line.
 
-    The buffer holds the unread tail of the file read so far: the current message and
+    The buffer contains the unread tail of the file read so far: the current message and
     at most one chunk more. Memory stays bounded by the largest message plus
     `MBOX_CHUNK_SIZE`, and each byte is scanned about once.
     """
@@ -367,16 +365,22 @@ def _split_mbox_stream(file: BinaryIO) -> Iterator[bytes]:
             separator = _MBOX_SEPARATOR.search(buffer, scan_from)
 
         if separator is None:
-            yield _without_trailing_empty_line(bytes(buffer[body_start:]))
+            yield _without_trailing_empty_line(_copy(buffer, body_start, len(buffer)))
             return
 
-        yield bytes(buffer[body_start : separator.start() + 1])
+        yield _copy(buffer, body_start, separator.start() + 1)
         # Drop what was emitted so the buffer does not grow with the file.
         del buffer[: separator.end() - len(b"From ")]
 
 
+def _copy(buffer: bytearray, start: int, end: int) -> bytes:
+    """Copy `buffer[start:end]` once; slicing the bytearray first would copy twice."""
+    with memoryview(buffer) as view:
+        return bytes(view[start:end])
+
+
 def _refill(file: BinaryIO, buffer: bytearray) -> bool:
-    """Append the next chunk of `file` to `buffer`; return True at the end of the file."""
+    """Append the next chunk of `file` to `buffer`, and return True at the end of the file."""
     chunk = file.read(MBOX_CHUNK_SIZE)
     buffer += chunk
     return not chunk

@@ -247,11 +247,11 @@ def _han_plausibility(char: str, codec: str) -> float:
 def _hangul_plausibility(char: str, codec: str) -> float:
     if codec != "cp949":
         return -3.0
-    try:
-        char.encode("euc_kr")  # KS X 1001: the 2,350 syllables in common use
-    except UnicodeEncodeError:
+    # KS X 1001 holds the 2,350 syllables in common use; Python's euc_kr spells
+    # any other syllable as an eight-byte jamo sequence.
+    if len(char.encode("euc_kr", errors="replace")) != 2:
         return -1.0
-    return 5.0
+    return 4.5
 
 
 def _char_plausibility(char: str, neighbours: str, codec: str) -> float:
