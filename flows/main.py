@@ -60,15 +60,34 @@ class FlowContext:
     store: Any
     summary: RunSummary = field(default_factory=RunSummary)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    dedupe: DedupeWindow = field(init=False)
+    dedupe: Any = field(init=False)  # DedupeWindow, or RedisDedupeWindow for several processes
     index: ThreadIndex = field(init=False)
     limiter: AutoReplyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.dedupe = DedupeWindow(self.settings.dedupe.window, self.settings.dedupe.max_entries)
-        self.index = ThreadIndex(self.settings, self.store)
+        if self.settings.state.redis_url:
+            self._use_redis()
+        else:
+            self.dedupe = DedupeWindow(self.settings.dedupe.window, self.settings.dedupe.max_entries)
+            self.index = ThreadIndex(self.settings, self.store)
         self.limiter = AutoReplyLimiter(
             self.settings.gate.auto_reply_limit, self.settings.gate.auto_reply_window
+        )
+
+    def _use_redis(self) -> None:
+        from ticketflow.connectors.redis_state import (
+            RedisDedupeWindow,
+            RedisThreadState,
+            connect,
+        )
+
+        state = self.settings.state
+        client = connect(state.redis_url)
+        self.dedupe = RedisDedupeWindow(client, state.namespace, self.settings.dedupe.window)
+        self.index = ThreadIndex(
+            self.settings,
+            self.store,
+            RedisThreadState(client, state.namespace, self.settings.threading.index_ttl),
         )
 
 
@@ -279,9 +298,14 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
         context.store.write(items)
+        context.dedupe.commit_many(
+            [
+                (outcome.tenant, outcome.dedupe_key)
+                for outcome in items
+                if outcome.dedupe_key is not None and outcome.tenant is not None
+            ]
+        )
         for outcome in items:
-            if outcome.dedupe_key is not None and outcome.tenant is not None:
-                context.dedupe.commit(outcome.tenant, outcome.dedupe_key)
             context.summary.add(outcome)
 
 

@@ -101,6 +101,11 @@ class DedupeWindow:
             if mark is not None:
                 mark.committed = True
 
+    def commit_many(self, marks: list[tuple[str, str]]) -> None:
+        """Commit the marks of a written batch: (tenant, key) pairs."""
+        for tenant, key in marks:
+            self.commit(tenant, key)
+
     def forget(self, tenant: str, key: str) -> None:
         """Drop a pending mark whose message was never written, so a retry passes."""
         with self._lock:

@@ -51,6 +51,8 @@ class HeaderSection:
 
     fields: list[HeaderField]
     body_offset: int
+    # True when a line that is no header field ended the section instead of an empty line.
+    ended_by_body_line: bool = False
     _index: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +99,7 @@ def split_header_section(raw: bytes, defects: DefectLog) -> HeaderSection:
     name = ""
     value_parts: list[bytes] = []
     lines_read = 0
+    ended_by_body_line = False
     while position < len(raw):
         line, after = _next_line(raw, position)
         line = line.rstrip(b"\r")
@@ -116,6 +119,7 @@ def split_header_section(raw: bytes, defects: DefectLog) -> HeaderSection:
         if not found:
             if name:
                 defects.add("missing_header_separator", "a line that is no header field ends the header section")
+                ended_by_body_line = True
             break
         if name:
             fields.append(HeaderField(name, b"".join(value_parts).strip(b" \t")))
@@ -124,7 +128,7 @@ def split_header_section(raw: bytes, defects: DefectLog) -> HeaderSection:
         position = after
     if name:
         fields.append(HeaderField(name, b"".join(value_parts).strip(b" \t")))
-    return HeaderSection(fields, position)
+    return HeaderSection(fields, position, ended_by_body_line)
 
 
 def is_transport_field(name: str) -> bool:

@@ -200,6 +200,92 @@ class NullLedger:
         return None
 
 
+class ThreadState(Protocol):
+    """Where the thread join keeps what it decided: one per process, or shared (Redis).
+
+    `claim_*` methods set a value only where none is set yet (like `dict.setdefault`)
+    and return the entries another ticket already holds, so two processes that
+    open tickets for one thread at the same moment find out and merge.
+    """
+
+    def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]: ...
+    def claim_ids(self, tenant: str, message_ids: list[str], ticket_id: str) -> dict[str, str]: ...
+    def ref(self, tenant: str, ref: str) -> str | None: ...
+    def claim_ref(self, tenant: str, ref: str, ticket_id: str) -> None: ...
+    def subject(self, tenant: str, requester: str, subject: str) -> tuple[str, str] | None: ...
+    def note_subject(self, tenant: str, requester: str, subject: str, ticket_id: str, seen: str) -> None: ...
+    def ticket(self, ticket_id: str) -> TicketInfo | None: ...
+    def put_ticket(self, info: TicketInfo) -> None: ...
+    def drop_ticket(self, ticket_id: str) -> None: ...
+    def alias(self, ticket_id: str) -> str | None: ...
+    def set_alias(self, old_id: str, new_id: str) -> None: ...
+    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str] | None: ...
+    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str) -> None: ...
+
+
+class MemoryThreadState:
+    """Thread state in plain dicts, for one process; callers hold the index's lock."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], str] = {}
+        self._refs: dict[tuple[str, str], str] = {}
+        self._subjects: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._tickets: dict[str, TicketInfo] = {}
+        self._aliases: dict[str, str] = {}
+        self._outcomes: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
+        found = {}
+        for message_id in message_ids:
+            ticket_id = self._ids.get((tenant, message_id))
+            if ticket_id is not None:
+                found[message_id] = ticket_id
+        return found
+
+    def claim_ids(self, tenant: str, message_ids: list[str], ticket_id: str) -> dict[str, str]:
+        taken = {}
+        for message_id in message_ids:
+            holder = self._ids.setdefault((tenant, message_id), ticket_id)
+            if holder != ticket_id:
+                taken[message_id] = holder
+        return taken
+
+    def ref(self, tenant: str, ref: str) -> str | None:
+        return self._refs.get((tenant, ref))
+
+    def claim_ref(self, tenant: str, ref: str, ticket_id: str) -> None:
+        self._refs.setdefault((tenant, ref), ticket_id)
+
+    def subject(self, tenant: str, requester: str, subject: str) -> tuple[str, str] | None:
+        return self._subjects.get((tenant, requester, subject))
+
+    def note_subject(self, tenant: str, requester: str, subject: str, ticket_id: str, seen: str) -> None:
+        previous = self._subjects.get((tenant, requester, subject))
+        if previous is None or previous[1] <= seen:
+            self._subjects[(tenant, requester, subject)] = (ticket_id, seen)
+
+    def ticket(self, ticket_id: str) -> TicketInfo | None:
+        return self._tickets.get(ticket_id)
+
+    def put_ticket(self, info: TicketInfo) -> None:
+        self._tickets[info.ticket_id] = info
+
+    def drop_ticket(self, ticket_id: str) -> None:
+        self._tickets.pop(ticket_id, None)
+
+    def alias(self, ticket_id: str) -> str | None:
+        return self._aliases.get(ticket_id)
+
+    def set_alias(self, old_id: str, new_id: str) -> None:
+        self._aliases[old_id] = new_id
+
+    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str] | None:
+        return self._outcomes.get((tenant, dedupe_key))
+
+    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str) -> None:
+        self._outcomes[(tenant, dedupe_key)] = (ticket_id, kind)
+
+
 @dataclass(frozen=True)
 class _Evidence:
     tickets: dict[str, str]  # ticket id → method that found it
@@ -210,22 +296,20 @@ class ThreadIndex:
     """The shared index of one process: message ids, keys and tokens to tickets.
 
     All worker threads of a process share one index (every method holds a lock).
-    What this run decided lives here; what earlier runs wrote is read from the
-    ledger on a miss. Memory grows with the messages of the run (a few hundred
+    What this run decided lives in its `ThreadState` (in memory by default, Redis
+    for several processes); what earlier runs wrote is read from the ledger on a
+    miss. The in-memory state grows with the messages of the run (a few hundred
     bytes each); see the README's Limitations.
     """
 
-    def __init__(self, settings: Settings, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger | None = None, state: ThreadState | None = None
+    ) -> None:
         self._settings = settings
         self._ledger: Ledger = ledger or NullLedger()
+        self._state: ThreadState = state or MemoryThreadState()
         self._key_pattern = re.compile(settings.threading.key_pattern)
         self._lock = threading.RLock()
-        self._ids: dict[tuple[str, str], str] = {}
-        self._refs: dict[tuple[str, str], str] = {}
-        self._subjects: dict[tuple[str, str, str], tuple[str, str]] = {}
-        self._tickets: dict[str, TicketInfo] = {}
-        self._aliases: dict[str, str] = {}
-        self._outcomes: dict[tuple[str, str], tuple[str, str]] = {}
 
     def decide(self, copy: TenantCopy, dedupe_key: str, allow_open: bool) -> Outcome | None:
         """Thread one tenant copy; return its outcome, or None to hold it as an orphan.
@@ -260,7 +344,7 @@ class ThreadIndex:
         when it is not stored.
         """
         with self._lock:
-            remembered = self._outcomes.get((copy.tenant, dedupe_key))
+            remembered = self._state.outcome(copy.tenant, dedupe_key)
             if remembered is not None:
                 ticket_id, kind = remembered
                 return self._repeat(copy, dedupe_key, self._resolve(ticket_id), kind)
@@ -361,7 +445,7 @@ class ThreadIndex:
             return None
 
         since = _seconds_before(event["received_at"], self._settings.threading.subject_window)
-        remembered = self._subjects.get((tenant, requester, normalized))
+        remembered = self._state.subject(tenant, requester, normalized)
         if remembered is not None:
             ticket_id, last_seen = remembered
             return self._resolve(ticket_id) if last_seen >= since else None
@@ -382,11 +466,14 @@ class ThreadIndex:
             target.participants |= info.participants
 
         self._fold(folded, target.ticket_id)
-        self._index_message(copy, target, evidence.unknown_keys)
-        kind = "threaded"
-        self._outcomes[(copy.tenant, dedupe_key)] = (target.ticket_id, kind)
+        taken = self._index_message(copy, target, evidence.unknown_keys)
+        if taken:
+            # Another process opened a ticket for this thread meanwhile: fold it in too.
+            return self._join(copy, dedupe_key, _with_tickets(evidence, taken, target.ticket_id, method))
+
+        self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded")
         return Outcome(
-            kind=kind,
+            kind="threaded",
             source=event["source"],
             first_copy=copy.first_copy,
             tenant=copy.tenant,
@@ -409,10 +496,15 @@ class ThreadIndex:
             first_message_id=envelope["message_id"],
             requester=envelope["from"],
         )
-        self._tickets[info.ticket_id] = info
-        self._refs[(copy.tenant, f"token:{reply_token(info.ticket_id)}")] = info.ticket_id
-        self._index_message(copy, info, unknown_keys)
-        self._outcomes[(copy.tenant, dedupe_key)] = (info.ticket_id, "created")
+        self._state.put_ticket(info)
+        self._state.claim_ref(copy.tenant, f"token:{reply_token(info.ticket_id)}", info.ticket_id)
+        taken = self._index_message(copy, info, unknown_keys)
+        if taken:
+            # Another process opened a ticket for this thread meanwhile: join it instead.
+            evidence = _Evidence({}, unknown_keys)
+            return self._join(copy, dedupe_key, _with_tickets(evidence, taken, info.ticket_id, "references"))
+
+        self._state.set_outcome(copy.tenant, dedupe_key, info.ticket_id, "created")
         return Outcome(
             kind="created",
             source=event["source"],
@@ -426,7 +518,7 @@ class ThreadIndex:
         )
 
     def _suppress(self, copy: TenantCopy, dedupe_key: str, reason: str) -> Outcome:
-        self._outcomes[(copy.tenant, dedupe_key)] = ("", "suppressed")
+        self._state.set_outcome(copy.tenant, dedupe_key, "", "suppressed")
         return Outcome(
             kind="suppressed",
             source=copy.event["source"],
@@ -447,74 +539,89 @@ class ThreadIndex:
             requester=envelope["from"],
             participants=set(info.participants),
         )
-        self._tickets[renamed.ticket_id] = renamed
-        self._refs[(copy.tenant, f"token:{reply_token(renamed.ticket_id)}")] = renamed.ticket_id
+        self._state.put_ticket(renamed)
+        self._state.claim_ref(copy.tenant, f"token:{reply_token(renamed.ticket_id)}", renamed.ticket_id)
         return renamed
 
     def _fold(self, folded: list[str], into: str) -> None:
         for old in folded:
             if old != into:
-                self._aliases[old] = into
-                self._tickets.pop(old, None)
+                self._state.set_alias(old, into)
+                self._state.drop_ticket(old)
 
-    def _index_message(self, copy: TenantCopy, info: TicketInfo, unknown_keys: Iterable[str]) -> None:
+    def _index_message(
+        self, copy: TenantCopy, info: TicketInfo, unknown_keys: Iterable[str]
+    ) -> dict[str, str]:
+        """Index a message's ids, keys and subject under a ticket.
+
+        Returns the ids that another ticket already holds (after following
+        merges), which proves that ticket is the same thread.
+        """
         event = copy.event
         envelope = event["envelope"]
         tenant = copy.tenant
 
-        for message_id in (envelope["message_id"], *thread_parents(event)):
-            self._ids.setdefault((tenant, message_id), info.ticket_id)
+        ids = [envelope["message_id"], *thread_parents(event)]
+        taken = self._state.claim_ids(tenant, ids, info.ticket_id)
         for key in unknown_keys:
-            self._refs.setdefault((tenant, key), info.ticket_id)
+            self._state.claim_ref(tenant, key, info.ticket_id)
 
         info.participants.add(envelope["from"])
+        self._state.put_ticket(info)
         normalized = normalize_subject(envelope["subject"])
         if normalized and envelope["from"]:
-            subject_key = (tenant, envelope["from"], normalized)
-            previous = self._subjects.get(subject_key)
-            if previous is None or previous[1] <= event["received_at"]:
-                self._subjects[subject_key] = (info.ticket_id, event["received_at"])
+            self._state.note_subject(tenant, envelope["from"], normalized, info.ticket_id, event["received_at"])
+
+        others = {}
+        for message_id, holder in taken.items():
+            holder = self._resolve(holder)
+            if holder != info.ticket_id and self._ticket(holder) is not None:
+                others[message_id] = holder
+        return others
 
     def _lookup_ids(self, tenant: str, ids: list[str]) -> dict[str, str]:
-        known: dict[str, str] = {}
-        missing: list[str] = []
-        for message_id in ids:
-            ticket_id = self._ids.get((tenant, message_id))
-            if ticket_id is None:
-                missing.append(message_id)
-            else:
-                known[message_id] = self._resolve(ticket_id)
-
+        known = {
+            message_id: self._resolve(ticket_id)
+            for message_id, ticket_id in self._state.tickets_for_ids(tenant, ids).items()
+        }
+        missing = [message_id for message_id in ids if message_id not in known]
         if missing:
             for message_id, ticket_id in self._ledger.tickets_for_ids(tenant, missing).items():
                 known[message_id] = self._resolve(ticket_id)
         return known
 
     def _lookup_ref(self, tenant: str, ref: str) -> str | None:
-        ticket_id = self._refs.get((tenant, ref))
+        ticket_id = self._state.ref(tenant, ref)
         if ticket_id is None:
             ticket_id = self._ledger.ticket_for_ref(tenant, ref)
         return self._resolve(ticket_id) if ticket_id else None
 
     def _ticket(self, ticket_id: str) -> TicketInfo | None:
         ticket_id = self._resolve(ticket_id)
-        info = self._tickets.get(ticket_id)
+        info = self._state.ticket(ticket_id)
         if info is None:
             info = self._ledger.ticket_info(ticket_id)
             if info is not None:
-                self._tickets[info.ticket_id] = info
+                self._state.put_ticket(info)
                 if info.ticket_id != ticket_id:
-                    self._aliases[ticket_id] = info.ticket_id
+                    self._state.set_alias(ticket_id, info.ticket_id)
         return info
 
     def _resolve(self, ticket_id: str) -> str:
-        seen = []
-        while ticket_id in self._aliases:
-            seen.append(ticket_id)
-            ticket_id = self._aliases[ticket_id]
-        for old in seen:
-            self._aliases[old] = ticket_id
+        for _ in range(64):
+            newer = self._state.alias(ticket_id)
+            if newer is None or newer == ticket_id:
+                return ticket_id
+            ticket_id = newer
         return ticket_id
+
+
+def _with_tickets(evidence: _Evidence, taken: dict[str, str], ticket_id: str, method: str) -> _Evidence:
+    tickets = dict(evidence.tickets)
+    tickets.setdefault(ticket_id, method)
+    for holder in taken.values():
+        tickets.setdefault(holder, "references")
+    return _Evidence(tickets, evidence.unknown_keys)
 
 
 def _seconds_before(timestamp: str, seconds: float) -> str:

@@ -66,6 +66,11 @@ def make_copy(event: Event, tenant: str = "acme", **changes: Any) -> TenantCopy:
     return TenantCopy(**fields)
 
 
+# Settings that `join_all` uses when a test passes none; a fixture may point it
+# at a Redis-backed configuration to run the same scenarios on shared state.
+default_settings: Any = Settings
+
+
 def join_all(copies: list[TenantCopy], settings: Settings | None = None, store: Any = None) -> list[Outcome]:
     """Run copies through one thread-join logic per routing key, in order, then end the input.
 
@@ -73,7 +78,7 @@ def join_all(copies: list[TenantCopy], settings: Settings | None = None, store: 
     each outcome is written right after it is decided, as the sink would.
     """
     context = FlowContext(
-        settings=settings or Settings(), store=store, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC)
+        settings=settings or default_settings(), store=store, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC)
     )
     logics: dict[str, ThreadJoinLogic] = {}
     outcomes: list[Outcome] = []

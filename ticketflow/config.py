@@ -60,6 +60,8 @@ class ThreadingSettings:
     own_message_id_domains: tuple[str, ...] = ()
     # Upper bound on References ids read from one message, so a huge header costs bounded work.
     max_references: int = 200
+    # Seconds the shared (Redis) thread index keeps an entry; the store answers for older ones.
+    index_ttl: float = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,16 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Where state shared by several processes lives."""
+
+    # redis://HOST:PORT/DB; required for more than one process, unused otherwise.
+    redis_url: str = ""
+    # Prefix of every Redis key, so several flows can share one Redis.
+    namespace: str = "ticketflow"
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole validated config."""
 
@@ -111,6 +123,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -242,6 +255,7 @@ def _check_semantics(settings: Settings, origin: str) -> None:
         ("threading.orphan_wait", settings.threading.orphan_wait),
         ("threading.subject_window", settings.threading.subject_window),
         ("dedupe.window", settings.dedupe.window),
+        ("threading.index_ttl", settings.threading.index_ttl),
         ("gate.auto_reply_window", settings.gate.auto_reply_window),
     ):
         if number < 0:
@@ -265,6 +279,13 @@ def _check_semantics(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"invalid value for '{dotted}' in {origin}: {count}; use a positive integer"
             )
+
+    redis_url = settings.state.redis_url
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"invalid value for 'state.redis_url' in {origin}: {redis_url!r}; "
+            "use redis://HOST:PORT/DB (or rediss:// for TLS)"
+        )
 
     if not settings.routing.default_tenant.strip():
         raise ConfigError(

@@ -14,7 +14,17 @@ from ticketflow.operators.thread import (
     thread_root,
     ticket_id_for,
 )
+from tests import factories
 from tests.factories import join_all, make_copy, make_event, tickets_of
+
+
+@pytest.fixture(autouse=True, params=["memory", "redis"])
+def state_backend(request, monkeypatch):
+    """Run every scenario on the in-process state and on Redis."""
+    if request.param == "redis":
+        settings = request.getfixturevalue("redis_settings")
+        monkeypatch.setattr(factories, "default_settings", lambda: settings)
+    return request.param
 
 T = "2026-04-30T12:{:02d}:00Z"
 

@@ -1,0 +1,219 @@
+"""Addresses (RFC 5322 section 3.4) and message identifiers (section 3.6.4).
+
+Both parsers are single passes over the header text that tolerate what real
+mail gets wrong: unbalanced quotes and brackets, identifiers without angle
+brackets, comments around identifiers, groups, and display names in encoded
+words. Encoded words are decoded after the structure is known, so a decoded
+display name containing a comma cannot split a mailbox.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ticketflow.operators.mime_defects import DefectLog
+from ticketflow.operators.mime_words import decode_encoded_words
+
+_ADDR_SPEC = re.compile(r'^(?:"[^"]*"|[^@\s<>(),;:"]+)@[^@\s<>(),;:"]+$')
+_BRACKETED_ID = re.compile(r"<([^<>]*)>")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One address: the decoded display name and the bare, lowercased address."""
+
+    name: str
+    address: str
+
+
+class _MailboxBuilder:
+    """Collects the pieces of one mailbox while the list is scanned."""
+
+    def __init__(self) -> None:
+        self.phrase: list[str] = []  # display text, quotes removed
+        self.spec: list[str] = []  # the same text with quotes kept, for a bare addr-spec
+        self.angle: list[str] | None = None
+        self.comments: list[str] = []
+
+    def is_empty(self) -> bool:
+        return not (self.phrase or self.spec or self.angle or self.comments)
+
+
+def _finish(builder: _MailboxBuilder, defects: DefectLog, where: str) -> Mailbox | None:
+    if builder.angle is not None:
+        address = "".join(builder.angle)
+        address = address.rsplit(":", 1)[-1]  # obsolete route: <@relay:user@host>
+        name = "".join(builder.phrase)
+    else:
+        address = "".join(builder.spec)
+        name = ""
+    # Whitespace inside a quoted local part is part of the address.
+    address = (address.strip() if '"' in address else _WHITESPACE.sub("", address)).lower()
+    if not name.strip() and builder.comments:
+        name = builder.comments[0]
+    name = _WHITESPACE.sub(" ", decode_encoded_words(name, defects, where)).strip().strip('"').strip()
+    if not address and not name:
+        return None
+    if not _ADDR_SPEC.match(address):
+        defects.add("address_invalid", f"{where}: {address[:80]!r} is no valid address")
+    return Mailbox(name, address)
+
+
+def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbox]:
+    """Parse an address list (From, To, Cc, Reply-To) into mailboxes, in order.
+
+    Groups are flattened to their members; an empty group gives nothing.
+    Invalid addresses are kept as written (lowercased, whitespace removed)
+    with an "address_invalid" defect.
+    """
+    mailboxes: list[Mailbox] = []
+    builder = _MailboxBuilder()
+    quoted = escaped = False
+    comment_depth = 0
+    comment: list[str] = []
+
+    def finish() -> None:
+        nonlocal builder
+        mailbox = _finish(builder, defects, where)
+        if mailbox is not None:
+            mailboxes.append(mailbox)
+        builder = _MailboxBuilder()
+
+    for char in text:
+        if escaped:
+            (comment if comment_depth else builder.phrase).append(char)
+            if not comment_depth:
+                builder.spec.append(char)
+            escaped = False
+        elif char == "\\" and (quoted or comment_depth):
+            escaped = True
+        elif comment_depth:
+            if char == "(":
+                comment_depth += 1
+            elif char == ")":
+                comment_depth -= 1
+                if not comment_depth:
+                    builder.comments.append("".join(comment).strip())
+                    comment = []
+                    continue
+            comment.append(char)
+        elif quoted:
+            if char == '"':
+                quoted = False
+                builder.spec.append(char)
+            else:
+                builder.phrase.append(char)
+                builder.spec.append(char)
+        elif builder.angle is not None and char != ">":
+            builder.angle.append(char)
+        elif char == ">":
+            builder.phrase.append(" ")
+        elif char == '"':
+            quoted = True
+            builder.spec.append(char)
+        elif char == "(":
+            comment_depth = 1
+        elif char == "<":
+            builder.angle = []
+        elif char in ",;":
+            finish()
+        elif char == ":" and builder.angle is None:
+            builder = _MailboxBuilder()  # a group's name is no mailbox
+        else:
+            builder.phrase.append(char)
+            builder.spec.append(char)
+
+    if quoted or comment_depth or builder.angle is not None:
+        defects.add("address_unbalanced", f"{where}: unclosed quote, comment or angle bracket")
+    if not builder.is_empty():
+        finish()
+    return mailboxes
+
+
+def strip_comments(text: str) -> str:
+    """Remove comments and quoted strings, the parts of an id list that carry no id."""
+    kept: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and (quoted or depth):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+        elif char == "(":
+            depth = 1
+        elif char == '"':
+            quoted = True
+        else:
+            kept.append(char)
+    return "".join(kept)
+
+
+def _bracketed(inner: str, defects: DefectLog, where: str) -> str | None:
+    compact = _WHITESPACE.sub("", inner)
+    if not compact:
+        return None
+    if compact != inner:
+        defects.add("message_id_whitespace", f"{where}: whitespace inside a message id removed")
+    return f"<{compact}>"
+
+
+def message_ids(text: str, defects: DefectLog, where: str) -> list[str]:
+    """Return every msg-id in `text` as `<...>`, in order, comments ignored.
+
+    When no bracketed id is present, whitespace-separated tokens containing
+    "@" are taken as ids, with a "message_id_brackets" defect.
+    """
+    cleaned = strip_comments(decode_encoded_words(text, defects, where))
+    ids = []
+    for found in _BRACKETED_ID.finditer(cleaned):
+        message_id = _bracketed(found.group(1), defects, where)
+        if message_id:
+            ids.append(message_id)
+    if ids:
+        return ids
+    bare = [token.strip("<>") for token in cleaned.split() if "@" in token]
+    bare = [token for token in bare if token]
+    if bare:
+        defects.add("message_id_brackets", f"{where}: message id without angle brackets")
+    return [f"<{token}>" for token in bare]
+
+
+def own_message_id(text: str, defects: DefectLog) -> str | None:
+    """Return the message's Message-ID as `<...>`, or None when it names none.
+
+    An id without brackets is accepted even without "@", with a defect.
+    """
+    ids = message_ids(text, defects, "Message-ID")
+    if ids:
+        return ids[0]
+    cleaned = strip_comments(decode_encoded_words(text, defects, "Message-ID")).split()
+    if not cleaned:
+        return None
+    defects.add("message_id_brackets", "Message-ID: message id without angle brackets")
+    return f"<{cleaned[0].strip('<>')}>" if cleaned[0].strip("<>") else None
+
+
+def thread_references(
+    text: str, max_references: int, defects: DefectLog
+) -> list[str]:
+    """Return the References ids in order without duplicates, at most `max_references`.
+
+    When cut, the first id (the thread root) and the last `max_references - 1`
+    are kept, with a "references_truncated" defect.
+    """
+    unique = list(dict.fromkeys(message_ids(text, defects, "References")))
+    limit = max(1, max_references)
+    if len(unique) <= limit:
+        return unique
+    defects.add(
+        "references_truncated",
+        f"References: {len(unique)} ids cut to {limit} (the root and the most recent)",
+    )
+    return [unique[0], *unique[len(unique) - (limit - 1) :]] if limit > 1 else [unique[0]]

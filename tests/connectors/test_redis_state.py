@@ -1,0 +1,96 @@
+import redis
+import pytest
+
+from ticketflow.config import Settings
+from ticketflow.connectors.redis_state import (
+    RedisDedupeWindow,
+    RedisThreadState,
+    RedisUnavailable,
+    connect,
+    retrying,
+)
+from ticketflow.operators.thread import ThreadIndex, ticket_id_for
+from tests.conftest import REDIS_URL
+from tests.factories import make_copy, make_event
+from datetime import UTC, datetime
+
+T0 = datetime(2026, 4, 30, 12, tzinfo=UTC)
+
+
+class StaleReads(RedisThreadState):
+    """A state whose first id lookup misses, as when another process writes just after it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stale = True
+
+    def tickets_for_ids(self, tenant, message_ids):
+        if self.stale:
+            self.stale = False
+            return {}
+        return super().tickets_for_ids(tenant, message_ids)
+
+
+def test_concurrent_open_turns_into_a_join(redis_namespace):
+    client = connect(REDIS_URL)
+    settings = Settings()
+    process_a = ThreadIndex(settings, state=RedisThreadState(client, redis_namespace, 3600))
+    process_b = ThreadIndex(settings, state=StaleReads(client, redis_namespace, 3600))
+
+    parent = make_event("<p@x>", received_at="2026-04-30T12:00:00Z")
+    reply = make_event("<r@x>", received_at="2026-04-30T12:01:00Z", in_reply_to="<p@x>")
+    opened = process_a.decide(make_copy(parent), "k-parent", allow_open=True)
+    joined = process_b.decide(make_copy(reply), "k-reply", allow_open=True)
+
+    assert opened.kind == "created"
+    assert joined.kind == "threaded"
+    assert joined.ticket_id == ticket_id_for("acme", "<p@x>")
+
+
+def test_dedupe_window_is_shared_between_processes(redis_namespace):
+    client = connect(REDIS_URL)
+    first = RedisDedupeWindow(client, redis_namespace, 3600)
+    second = RedisDedupeWindow(client, redis_namespace, 3600)
+    assert first.check("acme", "k", "/a.eml", T0) == "new"
+    first.commit_many([("acme", "k")])
+    assert second.check("acme", "k", "/b.eml", T0) == "duplicate"
+    assert second.check("acme", "k", "/a.eml", T0) == "reread"
+
+
+def test_dedupe_mark_waits_for_commit(redis_namespace):
+    client = connect(REDIS_URL)
+    window = RedisDedupeWindow(client, redis_namespace, 3600)
+    window.check("acme", "k", "/a.eml", T0)
+    assert client.get(f"{redis_namespace}:dedupe:acme:" + "x") is None
+    assert not list(client.scan_iter(f"{redis_namespace}:dedupe:*"))
+    window.commit_many([("acme", "k")])
+    assert len(list(client.scan_iter(f"{redis_namespace}:dedupe:*"))) == 1
+
+
+def test_entries_carry_the_ttl(redis_namespace):
+    client = connect(REDIS_URL)
+    state = RedisThreadState(client, redis_namespace, 120)
+    state.claim_ids("acme", ["<a@x>"], "tkt_1")
+    key = next(client.scan_iter(f"{redis_namespace}:id:*"))
+    assert 0 < client.ttl(key) <= 120
+
+
+def test_unreachable_redis_names_the_url():
+    with pytest.raises(RedisUnavailable, match=r"state.redis_url = 'redis://127.0.0.1:1/0'"):
+        connect("redis://127.0.0.1:1/0")
+
+
+def test_retrying_waits_out_an_outage():
+    attempts = []
+    sleeps = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 4:
+            raise redis.ConnectionError("connection refused")
+        return "ok"
+
+    assert retrying(flaky, "test", sleep=sleeps.append) == "ok"
+    assert len(attempts) == 4
+    assert len(sleeps) == 3
+    assert sleeps[2] > sleeps[0]  # the backoff grows
