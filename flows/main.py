@@ -15,6 +15,7 @@ module only wires them to Bytewax.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ class FlowContext:
     store: Any
     summary: RunSummary = field(default_factory=RunSummary)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Set when SIGTERM stops a run: held orphans then stay held (and in the
+    # snapshot) instead of being released as if the input had ended.
+    stopping: threading.Event = field(default_factory=threading.Event)
     dedupe: Any = field(init=False)  # DedupeWindow, or RedisDedupeWindow for several processes
     index: ThreadIndex = field(init=False)
     limiter: AutoReplyLimiter = field(init=False)
@@ -194,10 +198,11 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
     nothing; the shared index keeps what the thread join knows.
     """
 
-    def __init__(self, context: FlowContext) -> None:
+    def __init__(self, context: FlowContext, resume_state: list[Any] | None = None) -> None:
         self._context = context
-        self._held: list[_HeldOrphan] = []
-        self._next_check: datetime | None = None
+        self._held: list[_HeldOrphan] = [
+            _HeldOrphan(copy, key, deadline) for copy, key, deadline in resume_state or []
+        ]
 
     def on_batch(self, values: list[TenantCopy]) -> tuple[Iterable[Outcome], bool]:
         outcomes: list[Outcome] = []
@@ -212,6 +217,8 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
         return self._release(force=False), self._done()
 
     def on_eof(self) -> tuple[Iterable[Outcome], bool]:
+        if self._context.stopping.is_set():
+            return self._release(force=False), self._done()
         return self._release(force=True), self._done()
 
     def notify_at(self) -> datetime | None:
@@ -221,9 +228,9 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
         return min(earliest, self._context.clock() + ORPHAN_RECHECK)
 
     def snapshot(self) -> list[Any]:
-        # NOTE: held orphans are not restored across a restart yet; the source
-        # re-reads them because recovery is not wired for corpus runs.
-        return []
+        # Held orphans were read before the snapshot's source position, so a
+        # resumed run would not read them again: they must travel in the snapshot.
+        return [(held.copy, held.dedupe_key, held.deadline) for held in self._held]
 
     def _done(self) -> bool:
         return StatefulBatchLogic.DISCARD if not self._held else StatefulBatchLogic.RETAIN
@@ -333,7 +340,7 @@ def build_flow(source: Source[RawMessage], context: FlowContext, flow_id: str = 
 
     copies = op.flat_map("fan_out", split.trues, lambda event: tenant_copies(event, settings))
     keyed = op.key_on("key_by_thread", copies, routing_key)
-    joined = op.stateful_batch("thread_join", keyed, lambda _resume: ThreadJoinLogic(context))
+    joined = op.stateful_batch("thread_join", keyed, lambda resume: ThreadJoinLogic(context, resume))
     outcomes = op.key_rm("unkey", joined)
 
     dead = op.map("dead_letter", split.falses, _dead_letter_outcome)

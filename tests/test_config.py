@@ -69,3 +69,32 @@ def test_effective_values_are_plain_data():
     values = settings_as_dict(Settings())
     assert values["routing"]["inbound_domains"] == ["support.example.com"]
     assert values["limits"]["max_message_bytes"] == 25 * 1024 * 1024
+
+
+def test_kafka_settings_pass_through_by_their_own_names():
+    settings = settings_from_mapping({"kafka": {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+                                                "enable.idempotence": True}})
+    assert settings.kafka.client_settings({}) == {
+        "enable.idempotence": "true", "sasl.mechanisms": "PLAIN", "security.protocol": "SASL_SSL"}
+
+
+def test_kafka_secret_comes_from_environment():
+    settings = settings_from_mapping({"kafka": {"sasl.password_env": "TICKETFLOW_KAFKA_PASSWORD"}})
+    assert settings.kafka.client_settings({"TICKETFLOW_KAFKA_PASSWORD": "s3cret"}) == {"sasl.password": "s3cret"}
+    with pytest.raises(ConfigError, match="TICKETFLOW_KAFKA_PASSWORD, which is not set"):
+        settings.kafka.client_settings({})
+
+
+def test_kafka_secret_in_file_is_rejected():
+    with pytest.raises(ConfigError, match=r"'kafka.sasl.password' .*looks like a secret.*sasl.password_env"):
+        settings_from_mapping({"kafka": {"sasl.password": "hunter2"}})
+
+
+def test_kafka_env_must_name_ticketflow_variable():
+    with pytest.raises(ConfigError, match="name a TICKETFLOW_"):
+        settings_from_mapping({"kafka": {"sasl.password_env": "HOME"}})
+
+
+def test_redis_url_scheme_checked():
+    with pytest.raises(ConfigError, match=r"'state.redis_url'.*use redis://HOST:PORT/DB"):
+        settings_from_mapping({"state": {"redis_url": "localhost:6379"}})

@@ -45,15 +45,29 @@ def _parser() -> argparse.ArgumentParser:
     parse.add_argument("file", type=Path, help="an RFC 5322 message, e.g. a .eml file")
     parse.set_defaults(handler=_cmd_parse)
 
-    run = commands.add_parser("run", help="run the main job on a source until it is drained")
+    run = commands.add_parser("run", help="run the main job on a source")
     run.add_argument(
         "--input", required=True,
-        help="a message file, a folder of messages, an mbox or a Maildir",
+        help="a message file, a folder of messages, an mbox, a Maildir or kafka://HOST:PORT/TOPIC",
     )
     run.add_argument("--config", type=Path, help="TOML config file (defaults work for the demo)")
     run.add_argument("--store", default=DEFAULT_STORE_URL, help=f"ticket store URL (default {DEFAULT_STORE_URL})")
-    run.add_argument("--workers", type=int, default=1, help="worker threads in this process (default 1)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on the last line")
+    run.add_argument(
+        "--drain", action="store_true",
+        help="for Kafka: stop once every partition reaches the end offset it had at start "
+        "(without it the run keeps reading until SIGTERM); a corpus always drains",
+    )
+    run.add_argument("--processes", type=int, default=1,
+                     help="processes to run on this machine (default 1; more needs [state] redis_url)")
+    run.add_argument("--workers-per-process", "--workers", dest="workers", type=int, default=1,
+                     help="worker threads per process (default 1)")
+    run.add_argument("--recovery-dir", type=Path,
+                     help="folder of Bytewax recovery snapshots; a rerun of the same command resumes from it")
+    run.add_argument("--snapshot-interval", type=float, default=10.0,
+                     help="seconds between recovery snapshots (default 10)")
+    run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--addresses", help=argparse.SUPPRESS)
     run.set_defaults(handler=_cmd_run)
 
     tickets = commands.add_parser("tickets", help="list the tickets in a store")
@@ -87,21 +101,74 @@ def _cmd_parse(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ticketflow.runner import run_corpus
+    from ticketflow.runner import prepare_recovery, run_flow
 
-    if args.workers < 1:
-        raise ValueError(f"--workers {args.workers}: use 1 or more")
     settings = load_settings(args.config)
-    summary = run_corpus(args.input, settings, args.store, workers=args.workers)
-    counts = summary.as_dict()
-    if args.json:
-        print(json.dumps(counts))
-    else:
-        print(", ".join(f"{name} {value}" for name, value in counts.items()))
+    _check_run_arguments(args, settings)
+    if args.processes > 1:
+        return _run_cluster(args)
+
+    if args.recovery_dir is not None and args.process_id is None:
+        prepare_recovery(args.recovery_dir, args.workers)
+    addresses = args.addresses.split(";") if args.addresses else None
+    summary = run_flow(
+        args.input, settings, args.store,
+        workers=args.workers, process_id=args.process_id, addresses=addresses,
+        recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
+        drain=args.drain or not args.input.startswith("kafka://"),
+    )
+    _print_summary(summary.as_dict(), args.json)
     if not summary.balanced():
         print("ticketflow: error: the run's counts do not add up; this is a bug", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_run_arguments(args: argparse.Namespace, settings: Any) -> None:
+    for flag, value in (("--processes", args.processes), ("--workers-per-process", args.workers)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: use 1 or more")
+    if args.snapshot_interval <= 0:
+        raise ValueError(f"--snapshot-interval {args.snapshot_interval}: use a positive number of seconds")
+    several = args.processes > 1 or args.addresses is not None
+    if several and not settings.state.redis_url:
+        raise ValueError(
+            "more than one process needs shared state: set [state] redis_url in the config "
+            "(e.g. redis_url = \"redis://127.0.0.1:6379/0\")"
+        )
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from ticketflow.cluster import ClusterError, run_cluster
+    from ticketflow.runner import prepare_recovery
+
+    if args.recovery_dir is not None:
+        prepare_recovery(args.recovery_dir, args.processes * args.workers)
+    child_arguments = ["--input", args.input, "--store", args.store,
+                       "--workers-per-process", str(args.workers),
+                       "--snapshot-interval", str(args.snapshot_interval)]
+    if args.config is not None:
+        child_arguments += ["--config", str(args.config)]
+    if args.recovery_dir is not None:
+        child_arguments += ["--recovery-dir", str(args.recovery_dir)]
+    if args.drain:
+        child_arguments.append("--drain")
+    global_arguments = ["-v"] if args.verbose else []
+
+    try:
+        counts = run_cluster(child_arguments, args.processes, global_arguments)
+    except ClusterError as exc:
+        print(f"ticketflow: error: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(counts, args.json)
+    return 0
+
+
+def _print_summary(counts: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(counts), flush=True)
+    else:
+        print(", ".join(f"{name} {value}" for name, value in counts.items()), flush=True)
 
 
 def _cmd_tickets(args: argparse.Namespace) -> int:

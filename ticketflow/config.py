@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -114,6 +116,37 @@ class StateSettings:
 
 
 @dataclass(frozen=True)
+class KafkaSettings:
+    """librdkafka settings passed through by their own names (`security.protocol`, …).
+
+    A secret is never written in the file: a key ending in `_env` names the
+    `TICKETFLOW_*` environment variable that holds it (`"sasl.password_env" =
+    "TICKETFLOW_KAFKA_PASSWORD"`), and is resolved when the client is built.
+    """
+
+    settings: tuple[tuple[str, str], ...] = ()
+
+    def client_settings(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Return the settings for a librdkafka client, with secrets read from the environment."""
+        environ = os.environ if environ is None else environ
+        resolved: dict[str, str] = {}
+        for key, value in self.settings:
+            if not key.endswith("_env"):
+                resolved[key] = value
+                continue
+            if value not in environ:
+                raise ConfigError(
+                    f"kafka.{key} names the environment variable {value}, which is not set; "
+                    f"export {value} with the secret"
+                )
+            resolved[key.removesuffix("_env")] = environ[value]
+        return resolved
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key.pem", "private")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole validated config."""
 
@@ -124,6 +157,7 @@ class Settings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -182,11 +216,41 @@ def _build(cls: type, data: Any, prefix: str, origin: str) -> Any:
             continue
         dotted = prefix + name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if hint is KafkaSettings:
+            values[name] = _kafka_settings(data[name], dotted, origin)
+        elif dataclasses.is_dataclass(hint):
             values[name] = _build(hint, data[name], dotted + ".", origin)
         else:
             values[name] = _coerce(hint, data[name], dotted, origin)
     return cls(**values)
+
+
+def _kafka_settings(data: Any, dotted: str, origin: str) -> KafkaSettings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{dotted}' in {origin} must be a table, found {_describe(data)}")
+
+    pairs = []
+    for key, value in sorted(data.items()):
+        if isinstance(value, dict) or isinstance(value, list):
+            raise ConfigError(
+                f"invalid value for '{dotted}.{key}' in {origin}: librdkafka settings are single "
+                f"values; quote dotted names, e.g. \"{key}.x\" = \"…\""
+            )
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if key.endswith("_env"):
+            if not str(value).startswith("TICKETFLOW_"):
+                raise ConfigError(
+                    f"invalid value for '{dotted}.{key}' in {origin}: {value!r}; name a "
+                    "TICKETFLOW_* environment variable"
+                )
+        elif any(word in key.lower() for word in _SECRET_WORDS):
+            raise ConfigError(
+                f"'{dotted}.{key}' in {origin} looks like a secret, which must not live in the file; "
+                f"write \"{key}_env\" = \"TICKETFLOW_…\" and export that variable"
+            )
+        pairs.append((key, str(value)))
+    return KafkaSettings(tuple(pairs))
 
 
 def _unknown_key_message(dotted: str, key: str, known: set[str], origin: str) -> str:

@@ -1,18 +1,28 @@
-"""Run the main job on a source and return its summary; used by the CLI and the tests."""
+"""Run the main job on a source and return its summary; used by the CLI and the tests.
+
+One process runs `run_flow`; `ticketflow.cluster` starts several processes that
+each run it with their `process_id` and the cluster's address list.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bytewax._bytewax import cli_main
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from ticketflow.config import Settings
 from ticketflow.connectors.corpus import CorpusSource
 from ticketflow.connectors.store import SqliteStore, open_store
 from ticketflow.flows.main import FlowContext, build_flow
+from ticketflow.model import RawMessage
 from ticketflow.outcome import RunSummary
 
 log = logging.getLogger(__name__)
@@ -20,6 +30,134 @@ log = logging.getLogger(__name__)
 
 class SourceError(ValueError):
     """An input the run cannot read; the message names it and says what is accepted."""
+
+
+class StopSignal:
+    """Set once SIGTERM or SIGINT asks the run to stop after the current batch."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        """Route SIGTERM and SIGINT here; only possible from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._handle)
+
+    def _handle(self, number: int, _frame: Any) -> None:
+        log.warning("received %s: stopping after the current batch", signal.Signals(number).name)
+        self.event.set()
+
+
+class _StoppablePartition(StatefulSourcePartition[RawMessage, Any]):
+    def __init__(self, inner: StatefulSourcePartition[RawMessage, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+
+    def next_batch(self) -> list[RawMessage]:
+        if self._stop.is_set():
+            raise StopIteration()
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class StoppableSource(FixedPartitionedSource[RawMessage, Any]):
+    """Wrap a partitioned source so every partition ends when a stop is requested.
+
+    Partition state passes through unchanged, so a resumed run continues from
+    where the stopped one left off.
+    """
+
+    def __init__(self, inner: FixedPartitionedSource[RawMessage, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+
+    def list_parts(self) -> list[str]:
+        return self._inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        return _StoppablePartition(self._inner.build_part(step_id, for_part, resume_state), self._stop)
+
+
+def build_source(
+    input_name: str, settings: Settings, *, drain: bool
+) -> FixedPartitionedSource[RawMessage, Any]:
+    """Open the source an `--input` value names: a corpus path or `kafka://HOST:PORT/TOPIC`."""
+    if input_name.startswith("kafka://"):
+        from ticketflow.connectors.kafka import KafkaSource, parse_kafka_url
+
+        address = parse_kafka_url(input_name)
+        return KafkaSource(
+            address.bootstrap,
+            address.topic,
+            settings=settings.kafka.client_settings(),
+            drain=drain,
+            max_message_bytes=settings.limits.max_message_bytes,
+        )
+    if "://" in input_name:
+        raise SourceError(
+            f"input {input_name!r}: unknown scheme; give a file, a folder of messages, "
+            "an mbox, a Maildir or kafka://HOST:PORT/TOPIC"
+        )
+    return CorpusSource(Path(input_name))
+
+
+def prepare_recovery(recovery_dir: Path, partitions: int) -> RecoveryConfig:
+    """Create the recovery partitions on first use, and return the config that reads them."""
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    if not any(recovery_dir.iterdir()):
+        init_db_dir(recovery_dir, partitions)
+        log.info("recovery store created: %s with %d partitions", recovery_dir, partitions)
+    return RecoveryConfig(recovery_dir)
+
+
+def run_flow(
+    input_name: str | Path,
+    settings: Settings,
+    store: SqliteStore | str,
+    *,
+    workers: int = 1,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+    recovery_dir: Path | None = None,
+    snapshot_interval: float = 10.0,
+    drain: bool = True,
+    stop: StopSignal | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> RunSummary:
+    """Run the main job until its source ends (or a stop is requested); return the counts."""
+    owns_store = isinstance(store, str)
+    ticket_store = open_store(store) if isinstance(store, str) else store
+    stop = stop or StopSignal()
+    try:
+        context = FlowContext(settings=settings, store=ticket_store, clock=clock, stopping=stop.event)
+        source = StoppableSource(build_source(str(input_name), settings, drain=drain), stop.event)
+        flow = build_flow(source, context)
+        recovery = RecoveryConfig(recovery_dir) if recovery_dir is not None else None
+
+        log.info("run started: input=%s workers=%d process=%s", input_name, workers, process_id)
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=snapshot_interval),
+            recovery_config=recovery,
+        )
+        log.info("run finished: %s", context.summary.as_dict())
+        return context.summary
+    finally:
+        if owns_store:
+            ticket_store.close()
 
 
 def run_corpus(
@@ -31,21 +169,4 @@ def run_corpus(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RunSummary:
     """Run the main job over a corpus (file, folder, mbox or Maildir) until it is drained."""
-    if str(input_path).startswith("kafka://"):
-        raise SourceError(
-            f"input {input_path}: the Kafka source is not built yet; "
-            "give a file, a folder of messages, an mbox or a Maildir"
-        )
-
-    owns_store = isinstance(store, str)
-    ticket_store = open_store(store) if isinstance(store, str) else store
-    try:
-        context = FlowContext(settings=settings, store=ticket_store, clock=clock)
-        flow = build_flow(CorpusSource(Path(input_path)), context)
-        log.info("run started: input=%s workers=%d", input_path, workers)
-        cli_main(flow, workers_per_process=workers)
-        log.info("run finished: %s", context.summary.as_dict())
-        return context.summary
-    finally:
-        if owns_store:
-            ticket_store.close()
+    return run_flow(input_path, settings, store, workers=workers, clock=clock)

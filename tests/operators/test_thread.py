@@ -222,3 +222,21 @@ def test_plus_tokens_only_on_inbound_domains():
     event = make_event("<a@x>", to=("acme-support+t-0123456789ab@support.example.com",
                                     "x+t-ffffffffffff@elsewhere.example"))
     assert plus_tokens(event, ["support.example.com"]) == ["0123456789ab"]
+
+
+def test_held_orphan_survives_a_snapshot():
+    import pickle
+    from datetime import UTC, datetime
+
+    from ticketflow.flows.main import FlowContext, ThreadJoinLogic
+
+    context = FlowContext(settings=factories.default_settings(), store=None,
+                          clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    logic = ThreadJoinLogic(context)
+    reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<gone@x>")
+    emitted, discard = logic.on_batch([make_copy(reply)])
+    assert list(emitted) == [] and discard is False
+
+    resumed = ThreadJoinLogic(context, pickle.loads(pickle.dumps(logic.snapshot())))
+    released, _ = resumed.on_eof()
+    assert [o.kind for o in released] == ["created"]
