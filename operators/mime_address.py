@@ -9,6 +9,7 @@ display name containing a comma cannot split a mailbox.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,8 +17,15 @@ from ticketflow.operators.mime_defects import DefectLog
 from ticketflow.operators.mime_words import decode_encoded_words
 
 _ADDR_SPEC = re.compile(r'^(?:"[^"]*"|[^@\s<>(),;:"]+)@[^@\s<>(),;:"]+$')
+# Lists without these characters need no state machine.
+_NEEDS_FULL_SCAN = re.compile(r'["()\\:;]')
+_SIMPLE_MAILBOX = re.compile(r"^([^<>]*)<([^<>]*)>\s*$")
 _BRACKETED_ID = re.compile(r"<([^<>]*)>")
 _WHITESPACE = re.compile(r"\s+")
+# Characters a msg-id cannot contain: whitespace, controls and stray angle brackets.
+_ID_NOISE = re.compile(r"[\s\x00-\x1f\x7f<>]+")
+# Domain of synthesized Message-IDs; ".invalid" can never be a real domain (RFC 2606).
+_SYNTHETIC_ID_DOMAIN = "ticketflow.invalid"
 
 
 @dataclass(frozen=True)
@@ -53,12 +61,41 @@ def _finish(builder: _MailboxBuilder, defects: DefectLog, where: str) -> Mailbox
     address = (address.strip() if '"' in address else _WHITESPACE.sub("", address)).lower()
     if not name.strip() and builder.comments:
         name = builder.comments[0]
-    name = _WHITESPACE.sub(" ", decode_encoded_words(name, defects, where)).strip().strip('"').strip()
+    name = (
+        _WHITESPACE.sub(" ", decode_encoded_words(name, defects, where)).strip().strip('"').strip()
+    )
     if not address and not name:
         return None
     if not _ADDR_SPEC.match(address):
         defects.add("address_invalid", f"{where}: {address[:80]!r} is no valid address")
     return Mailbox(name, address)
+
+
+def _parse_simple_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbox] | None:
+    """Parse a list without quotes, comments, groups or escapes: `Name <addr>, addr`.
+
+    Returns None, having recorded nothing, for a list that needs the full scan.
+    """
+    if _NEEDS_FULL_SCAN.search(text):
+        return None
+    pieces = []
+    for chunk in text.split(","):
+        found = _SIMPLE_MAILBOX.match(chunk)
+        builder = _MailboxBuilder()
+        if found:
+            builder.phrase.append(found.group(1))
+            builder.angle = [found.group(2)]
+        elif "<" in chunk or ">" in chunk:
+            return None
+        else:
+            builder.spec.append(chunk)
+        pieces.append(builder)
+    mailboxes = []
+    for builder in pieces:
+        mailbox = _finish(builder, defects, where)
+        if mailbox is not None:
+            mailboxes.append(mailbox)
+    return mailboxes
 
 
 def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbox]:
@@ -68,9 +105,12 @@ def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbo
     Invalid addresses are kept as written (lowercased, whitespace removed)
     with an "address_invalid" defect.
     """
+    simple = _parse_simple_address_list(text, defects, where)
+    if simple is not None:
+        return simple
     mailboxes: list[Mailbox] = []
     builder = _MailboxBuilder()
-    quoted = escaped = False
+    quoted = escaped = in_angle = False
     comment_depth = 0
     comment: list[str] = []
 
@@ -106,10 +146,13 @@ def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbo
             else:
                 builder.phrase.append(char)
                 builder.spec.append(char)
-        elif builder.angle is not None and char != ">":
-            builder.angle.append(char)
+        elif in_angle:
+            if char == ">":
+                in_angle = False
+            elif builder.angle is not None:
+                builder.angle.append(char)
         elif char == ">":
-            builder.phrase.append(" ")
+            builder.phrase.append(" ")  # a stray closing bracket
         elif char == '"':
             quoted = True
             builder.spec.append(char)
@@ -117,15 +160,17 @@ def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbo
             comment_depth = 1
         elif char == "<":
             builder.angle = []
+            in_angle = True
         elif char in ",;":
             finish()
+            in_angle = False
         elif char == ":" and builder.angle is None:
             builder = _MailboxBuilder()  # a group's name is no mailbox
         else:
             builder.phrase.append(char)
             builder.spec.append(char)
 
-    if quoted or comment_depth or builder.angle is not None:
+    if quoted or comment_depth or in_angle:
         defects.add("address_unbalanced", f"{where}: unclosed quote, comment or angle bracket")
     if not builder.is_empty():
         finish()
@@ -134,6 +179,8 @@ def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbo
 
 def strip_comments(text: str) -> str:
     """Remove comments and quoted strings, the parts of an id list that carry no id."""
+    if "(" not in text and '"' not in text:
+        return text
     kept: list[str] = []
     depth = 0
     quoted = escaped = False
@@ -156,11 +203,14 @@ def strip_comments(text: str) -> str:
 
 
 def _bracketed(inner: str, defects: DefectLog, where: str) -> str | None:
-    compact = _WHITESPACE.sub("", inner)
+    compact = _ID_NOISE.sub("", inner)
     if not compact:
         return None
     if compact != inner:
-        defects.add("message_id_whitespace", f"{where}: whitespace inside a message id removed")
+        defects.add(
+            "message_id_whitespace",
+            f"{where}: whitespace or control characters inside a message id removed",
+        )
     return f"<{compact}>"
 
 
@@ -178,7 +228,7 @@ def message_ids(text: str, defects: DefectLog, where: str) -> list[str]:
             ids.append(message_id)
     if ids:
         return ids
-    bare = [token.strip("<>") for token in cleaned.split() if "@" in token]
+    bare = [_ID_NOISE.sub("", token) for token in cleaned.split() if "@" in token]
     bare = [token for token in bare if token]
     if bare:
         defects.add("message_id_brackets", f"{where}: message id without angle brackets")
@@ -193,16 +243,15 @@ def own_message_id(text: str, defects: DefectLog) -> str | None:
     ids = message_ids(text, defects, "Message-ID")
     if ids:
         return ids[0]
-    cleaned = strip_comments(decode_encoded_words(text, defects, "Message-ID")).split()
-    if not cleaned:
+    tokens = strip_comments(decode_encoded_words(text, defects, "Message-ID")).split()
+    token = _ID_NOISE.sub("", tokens[0]) if tokens else ""
+    if not token:
         return None
     defects.add("message_id_brackets", "Message-ID: message id without angle brackets")
-    return f"<{cleaned[0].strip('<>')}>" if cleaned[0].strip("<>") else None
+    return f"<{token}>"
 
 
-def thread_references(
-    text: str, max_references: int, defects: DefectLog
-) -> list[str]:
+def thread_references(text: str, max_references: int, defects: DefectLog) -> list[str]:
     """Return the References ids in order without duplicates, at most `max_references`.
 
     When cut, the first id (the thread root) and the last `max_references - 1`
@@ -217,3 +266,13 @@ def thread_references(
         f"References: {len(unique)} ids cut to {limit} (the root and the most recent)",
     )
     return [unique[0], *unique[len(unique) - (limit - 1) :]] if limit > 1 else [unique[0]]
+
+
+def synthetic_message_id(sender: str, subject: str, text: str, html: str) -> str:
+    """Return a Message-ID derived from the content, for mail that has none.
+
+    The same sender, subject and decoded bodies always give the same id, so a
+    second delivery of the same content is recognized.
+    """
+    content = "\x00".join((sender, subject, text, html)).encode("utf-8", "surrogatepass")
+    return f"<{hashlib.sha256(content).hexdigest()[:32]}@{_SYNTHETIC_ID_DOMAIN}>"

@@ -247,7 +247,7 @@ def _han_plausibility(char: str, codec: str) -> float:
 def _hangul_plausibility(char: str, codec: str) -> float:
     if codec != "cp949":
         return -3.0
-    # KS X 1001 holds the 2,350 syllables in common use; Python's euc_kr spells
+    # KS X 1001 contains the 2,350 syllables in common use; Python's euc_kr spells
     # any other syllable as an eight-byte jamo sequence.
     if len(char.encode("euc_kr", errors="replace")) != 2:
         return -1.0
@@ -314,10 +314,10 @@ def guess_charset(data: bytes) -> str:
     return best_codec
 
 
-def _decode_guessed(data: bytes, why: str, defects: DefectLog, where: str) -> str:
+def _decode_guessed(data: bytes, reason: str, defects: DefectLog, where: str) -> str:
     codec = guess_charset(data)
     if codec != "ascii":
-        defects.add("charset_guessed", f"{where}: {why}; decoded as {codec}")
+        defects.add("charset_guessed", f"{where}: {reason}; decoded as {codec}")
     return _decode_strictly_or_repair(data, codec, defects, where)
 
 
@@ -370,15 +370,23 @@ def decode_text(
         named = sniff_meta_charset(data)
         meta_codec = resolve_charset(named).codec if named else None
         if meta_codec:
-            defects.add("charset_guessed", f"{where}: charset {named} named only in the HTML <meta>")
+            defects.add(
+                "charset_guessed", f"{where}: charset {named} named only in the HTML <meta>"
+            )
             return _decode_declared(data, meta_codec, defects, where)
     if codec is None:
         if data.isascii() and not has_iso2022jp_escapes(data):
             if charset.status == "unknown":
-                defects.add("charset_guessed", f"{where}: unknown charset {charset.label!r}; read as ASCII")
+                defects.add(
+                    "charset_guessed", f"{where}: unknown charset {charset.label!r}; read as ASCII"
+                )
             return data.decode("ascii")
-        why = f"unknown charset {charset.label!r}" if charset.status == "unknown" else "no charset label"
-        return _decode_guessed(data, why, defects, where)
+        reason = (
+            f"unknown charset {charset.label!r}"
+            if charset.status == "unknown"
+            else "no charset label"
+        )
+        return _decode_guessed(data, reason, defects, where)
     return _decode_declared(data, codec, defects, where)
 
 
@@ -389,7 +397,9 @@ def _is_ascii_compatible(codec: str) -> bool:
 def _decode_declared(data: bytes, codec: str, defects: DefectLog, where: str) -> str:
     if data.isascii() and _is_ascii_compatible(codec):
         if has_iso2022jp_escapes(data):
-            defects.add("charset_guessed", f"{where}: declared {codec} but ISO-2022-JP escapes found")
+            defects.add(
+                "charset_guessed", f"{where}: declared {codec} but ISO-2022-JP escapes found"
+            )
             return _decode_strictly_or_repair(data, "iso2022_jp", defects, where)
         return data.decode("ascii")
     if codec == "ascii":

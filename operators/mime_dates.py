@@ -36,7 +36,7 @@ def _parse_rfc5322(text: str) -> datetime | None:
         return None
     offset = parts[9] or 0
     try:
-        local = datetime(*parts[:6], tzinfo=UTC)  # type: ignore[misc]
+        local = datetime(*parts[:6], tzinfo=UTC)
         return local - timedelta(seconds=offset)
     except (ValueError, OverflowError):
         return None

@@ -48,7 +48,7 @@ _DECODED_BY_FAST_PARSER = frozenset({"base64", "quoted-printable"})
 
 
 class FastPathRejected(Exception):
-    """The fast walk cannot be trusted with this message; `reason` says why."""
+    """The fast walk cannot be trusted with this message; `reason` describes why."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -125,7 +125,9 @@ class _FastWalk:
         where: str,
     ) -> None:
         if depth > MAX_NESTING:
-            self.defects.add("nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read")
+            self.defects.add(
+                "nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read"
+            )
             return
         if len(self.parts) >= MAX_PARTS:
             self.defects.add("part_limit", f"more than {MAX_PARTS} MIME parts; the rest not read")
@@ -140,8 +142,13 @@ class _FastWalk:
         content = self._content(node, headers, where)
         self.parts.append(
             describe_part(
-                headers, media, content,
-                embedded=embedded, in_related=in_related, where=where, defects=self.defects,
+                headers,
+                media,
+                content,
+                embedded=embedded,
+                in_related=in_related,
+                where=where,
+                defects=self.defects,
             )
         )
         if node.is_message and media.value in EMBEDDED_MESSAGE_TYPES and node.children:
@@ -149,9 +156,12 @@ class _FastWalk:
                 self.embedded_count += 1
             inner = node.children[0]
             self.visit(
-                inner, _node_headers(inner, self.raw),
-                depth=depth + 1, embedded=embedded or self.embedded_count,
-                in_related=False, where=f"{where} message",
+                inner,
+                _node_headers(inner, self.raw),
+                depth=depth + 1,
+                embedded=embedded or self.embedded_count,
+                in_related=False,
+                where=f"{where} message",
             )
 
     def _visit_multipart(
@@ -171,13 +181,17 @@ class _FastWalk:
             self.main_boundaries.append(boundary)
         for number, child in enumerate(node.children, start=1):
             self.visit(
-                child, _node_headers(child, self.raw),
-                depth=depth + 1, embedded=embedded,
+                child,
+                _node_headers(child, self.raw),
+                depth=depth + 1,
+                embedded=embedded,
                 in_related=media_type == "multipart/related",
                 where=f"{where}.{number}" if where != "message" else f"part {number}",
             )
 
-    def _content(self, node: fast_mail_parser.PyMimePart, headers: PartHeaders, where: str) -> bytes:
+    def _content(
+        self, node: fast_mail_parser.PyMimePart, headers: PartHeaders, where: str
+    ) -> bytes:
         content = node.content or b""
         encoding = headers.transfer_encoding()
         declared = (headers.content_transfer_encoding or "").strip().lower()
@@ -191,7 +205,7 @@ class _FastWalk:
 def _reject_prefix_boundaries(boundaries: list[str]) -> None:
     # Sorted, a boundary that prefixes another sits right before one it prefixes.
     ordered = sorted(set(boundaries))
-    for shorter, longer in zip(ordered, ordered[1:]):
+    for shorter, longer in zip(ordered, ordered[1:], strict=False):
         if longer.startswith(shorter):
             raise FastPathRejected(f"boundary {shorter!r} is a prefix of {longer!r}")
 
@@ -200,9 +214,13 @@ def _record_quoted_printable_junk(walk: _FastWalk) -> None:
     # Every "=" left in decoded quoted-printable came from "=3D" or from junk.
     # More of them than "=3D" escapes in the whole message proves junk; junk
     # hidden by "=3D" elsewhere (headers, other parts) goes unnoticed.
+    if not walk.quoted_printable_equals:
+        return
     escapes = walk.raw.count(b"=3D") + walk.raw.count(b"=3d")
     if walk.quoted_printable_equals > escapes:
-        walk.defects.add("qp_junk", "quoted-printable: '=' not followed by two hex digits kept as text")
+        walk.defects.add(
+            "qp_junk", "quoted-printable: '=' not followed by two hex digits kept as text"
+        )
 
 
 def walk_fast(raw: bytes, section: HeaderSection, defects: DefectLog) -> list[MimePart]:
@@ -219,8 +237,12 @@ def walk_fast(raw: bytes, section: HeaderSection, defects: DefectLog) -> list[Mi
 
     walk = _FastWalk(raw, defects)
     walk.visit(
-        tree, root_part_headers(section, defects),
-        depth=0, embedded=0, in_related=False, where="message",
+        tree,
+        root_part_headers(section, defects),
+        depth=0,
+        embedded=0,
+        in_related=False,
+        where="message",
     )
     _reject_prefix_boundaries(walk.all_boundaries)
     record_truncation(raw, walk.main_boundaries, defects)

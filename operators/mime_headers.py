@@ -105,7 +105,9 @@ def split_header_section(raw: bytes, defects: DefectLog) -> HeaderSection:
         line = line.rstrip(b"\r")
         lines_read += 1
         if lines_read > MAX_HEADER_LINES:
-            defects.add("header_limit", f"more than {MAX_HEADER_LINES} header lines; the rest skipped")
+            defects.add(
+                "header_limit", f"more than {MAX_HEADER_LINES} header lines; the rest skipped"
+            )
             position = _skip_to_blank_line(raw, position)
             break
         if not line:
@@ -118,7 +120,10 @@ def split_header_section(raw: bytes, defects: DefectLog) -> HeaderSection:
         found = _FIELD_NAME.match(line)
         if not found:
             if name:
-                defects.add("missing_header_separator", "a line that is no header field ends the header section")
+                defects.add(
+                    "missing_header_separator",
+                    "a line that is no header field ends the header section",
+                )
                 ended_by_body_line = True
             break
         if name:
@@ -165,11 +170,15 @@ def headers_for_event(section: HeaderSection, defects: DefectLog) -> dict[str, s
             continue
         seen.add(lowered)
         if len(headers) >= MAX_HEADERS:
-            defects.add("header_limit", f"more than {MAX_HEADERS} distinct header fields; the rest left out")
+            defects.add(
+                "header_limit", f"more than {MAX_HEADERS} distinct header fields; the rest left out"
+            )
             continue
         value = decode_header_value(header.raw[:_MAX_DECODED_VALUE_BYTES], defects, header.name)
         if len(value) > MAX_HEADER_CHARS:
-            defects.add("header_limit", f"{header.name}: value cut to {MAX_HEADER_CHARS} characters")
+            defects.add(
+                "header_limit", f"{header.name}: value cut to {MAX_HEADER_CHARS} characters"
+            )
             value = value[:MAX_HEADER_CHARS]
         headers[header.name] = value
     return headers

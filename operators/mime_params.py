@@ -38,6 +38,8 @@ class ContentHeader:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on semicolons outside quoted strings; backslash escapes inside quotes."""
+    if '"' not in text:
+        return text.split(";")
     pieces: list[str] = []
     current: list[str] = []
     quoted = False
@@ -70,7 +72,9 @@ def _unquote(value: str) -> str:
 
 
 def _percent_decode(text: str) -> bytes:
-    return _PERCENT_ESCAPE.sub(lambda escape: bytes([int(escape.group(1), 16)]), text.encode("utf-8"))
+    return _PERCENT_ESCAPE.sub(
+        lambda escape: bytes([int(escape.group(1), 16)]), text.encode("utf-8")
+    )
 
 
 def _split_extended(value: str, defects: DefectLog, where: str) -> tuple[str | None, str]:
@@ -148,16 +152,18 @@ def parse_content_type(text: str | None, defects: DefectLog, where: str) -> Cont
     header = parse_content_header(text, defects, where)
     media_type = re.sub(r"\s+", "", header.value)
     if not _MEDIA_TYPE.match(media_type):
-        defects.add("content_type_invalid", f"{where}: media type {header.value[:60]!r} read as text/plain")
+        defects.add(
+            "content_type_invalid", f"{where}: media type {header.value[:60]!r} read as text/plain"
+        )
         return ContentHeader("text/plain", header.params)
     return ContentHeader(media_type, header.params)
 
 
 def normalize_content_id(text: str | None) -> str | None:
-    """Return a Content-ID without its angle brackets (RFC 2392 `cid:` form), or None."""
+    """Return a Content-ID without angle brackets or whitespace (RFC 2392 `cid:` form), or None."""
     if text is None:
         return None
     found = re.search(r"<([^<>]+)>", text)
     inner = found.group(1) if found else text
-    inner = inner.strip().strip("<>").strip()
+    inner = re.sub(r"[<>\s]+", "", inner)
     return inner or None

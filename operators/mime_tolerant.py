@@ -40,14 +40,16 @@ from ticketflow.operators.mime_words import decode_header_bytes
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 # Stdlib defects worth a defect of their own; the others are reported by class name.
-_STDLIB_DEFECT_CODES = {
-    "NoBoundaryInMultipartDefect": "missing_boundary",
-    "StartBoundaryNotFoundDefect": "missing_boundary",
-    "MissingHeaderBodySeparatorDefect": "missing_header_separator",
-}
-# Stdlib defects already covered by the shared checks or harmless to the event.
+_STDLIB_DEFECT_CODES = {"MissingHeaderBodySeparatorDefect": "missing_header_separator"}
+# Stdlib defects that the walk reports itself ("missing_boundary", "truncated_multipart")
+# or that do not affect the event.
 _STDLIB_DEFECTS_IGNORED = frozenset(
-    {"CloseBoundaryNotFoundDefect", "MultipartInvariantViolationDefect"}
+    {
+        "NoBoundaryInMultipartDefect",
+        "StartBoundaryNotFoundDefect",
+        "CloseBoundaryNotFoundDefect",
+        "MultipartInvariantViolationDefect",
+    }
 )
 
 
@@ -57,14 +59,14 @@ def _raw_bytes(text: str) -> bytes:
 
 
 def _part_headers(part: Message, defects: DefectLog, where: str) -> PartHeaders:
-    wanted = ("content-type", "content-disposition", "content-id", "content-transfer-encoding")
+    mime_fields = ("content-type", "content-disposition", "content-id", "content-transfer-encoding")
     found: dict[str, str] = {}
     for name, value in part.raw_items():
         lowered = name.lower()
-        if lowered in wanted and lowered not in found:
+        if lowered in mime_fields and lowered not in found:
             unfolded = _FOLD.sub("", str(value)).strip()
             found[lowered] = decode_header_bytes(_raw_bytes(unfolded), defects, f"{where} {name}")
-    return PartHeaders(*(found.get(name) for name in wanted))
+    return PartHeaders(*(found.get(name) for name in mime_fields))
 
 
 class _TolerantWalk:
@@ -89,14 +91,18 @@ class _TolerantWalk:
         where: str,
     ) -> None:
         if depth > MAX_NESTING:
-            self.defects.add("nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read")
+            self.defects.add(
+                "nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read"
+            )
             return
         if len(self.parts) >= MAX_PARTS:
             self.defects.add("part_limit", f"more than {MAX_PARTS} MIME parts; the rest not read")
             return
         self._record_stdlib_defects(part, where)
         media = headers.media(self.defects, where)
-        payload = part.get_payload()
+        # The stored payload, not get_payload(): for 8-bit text that method
+        # decodes with the declared charset and replaces what it cannot read.
+        payload = part._payload  # type: ignore[attr-defined]
 
         if isinstance(payload, list) and media.value.startswith("message/"):
             self._visit_message(part, payload, headers, media, depth, embedded, in_related, where)
@@ -107,8 +113,10 @@ class _TolerantWalk:
             for number, child in enumerate(payload, start=1):
                 child_where = f"{where}.{number}" if where != "message" else f"part {number}"
                 self.visit(
-                    child, _part_headers(child, self.defects, child_where),
-                    depth=depth + 1, embedded=embedded,
+                    child,
+                    _part_headers(child, self.defects, child_where),
+                    depth=depth + 1,
+                    embedded=embedded,
                     in_related=media.value == "multipart/related",
                     where=child_where,
                 )
@@ -127,13 +135,22 @@ class _TolerantWalk:
         content = _raw_bytes(payload if isinstance(payload, str) else "")
         if media.value.startswith("multipart/"):
             # The stdlib found none of the parts: the body is read as plain text.
-            self.defects.add("missing_boundary", f"{where}: multipart without usable boundary read as text")
+            self.defects.add(
+                "missing_boundary", f"{where}: multipart without usable boundary read as text"
+            )
             media = ContentHeader("text/plain", {})
-        content = decode_transfer_encoding(content, headers.transfer_encoding(), self.defects, where)
+        content = decode_transfer_encoding(
+            content, headers.transfer_encoding(), self.defects, where
+        )
         self.parts.append(
             describe_part(
-                headers, media, content,
-                embedded=embedded, in_related=in_related, where=where, defects=self.defects,
+                headers,
+                media,
+                content,
+                embedded=embedded,
+                in_related=in_related,
+                where=where,
+                defects=self.defects,
             )
         )
 
@@ -151,8 +168,13 @@ class _TolerantWalk:
         content = self._message_bytes(part, media.value, where)
         self.parts.append(
             describe_part(
-                headers, media, content,
-                embedded=embedded, in_related=in_related, where=where, defects=self.defects,
+                headers,
+                media,
+                content,
+                embedded=embedded,
+                in_related=in_related,
+                where=where,
+                defects=self.defects,
             )
         )
         if media.value in EMBEDDED_MESSAGE_TYPES and payload:
@@ -160,9 +182,12 @@ class _TolerantWalk:
                 self.embedded_count += 1
             inner = payload[0]
             self.visit(
-                inner, _part_headers(inner, self.defects, f"{where} message"),
-                depth=depth + 1, embedded=embedded or self.embedded_count,
-                in_related=False, where=f"{where} message",
+                inner,
+                _part_headers(inner, self.defects, f"{where} message"),
+                depth=depth + 1,
+                embedded=embedded or self.embedded_count,
+                in_related=False,
+                where=f"{where} message",
             )
 
     def _flatten(self, message: Message) -> bytes:
@@ -174,7 +199,12 @@ class _TolerantWalk:
     def _message_bytes(self, part: Message, media_type: str, where: str) -> bytes:
         try:
             if media_type in EMBEDDED_MESSAGE_TYPES:
-                return self._flatten(part.get_payload(0))
+                inner = part.get_payload(0)
+                if not isinstance(inner, Message):
+                    return b""
+                flattened = self._flatten(inner)
+                # An empty embedded message regenerates as a lone line ending.
+                return b"" if flattened == self.linesep.encode("ascii") else flattened
             # Other message/* bodies (delivery-status blocks) are regenerated with
             # the part's own headers, which are cut off again here.
             whole = self._flatten(part)
@@ -204,14 +234,20 @@ def walk_tolerant(raw: bytes, section: HeaderSection, defects: DefectLog) -> lis
     try:
         message = email.message_from_bytes(raw, policy=compat32)
     except RecursionError:
-        defects.add("nesting_limit", "MIME structure too deep for the tolerant parser; body not read")
+        defects.add(
+            "nesting_limit", "MIME structure too deep for the tolerant parser; body not read"
+        )
         return []
     first_break = raw.find(b"\n")
     linesep = "\r\n" if first_break > 0 and raw[first_break - 1] == 0x0D else "\n"
     walk = _TolerantWalk(defects, linesep)
     walk.visit(
-        message, root_part_headers(section, defects),
-        depth=0, embedded=0, in_related=False, where="message",
+        message,
+        root_part_headers(section, defects),
+        depth=0,
+        embedded=0,
+        in_related=False,
+        where="message",
     )
     record_truncation(raw, walk.main_boundaries, defects)
     return walk.parts

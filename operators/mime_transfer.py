@@ -41,6 +41,10 @@ def decode_quoted_printable(data: bytes, defects: DefectLog, where: str) -> byte
             decoded_lines.append(line + b"\r\n")
         else:
             decoded_lines.append(line)
+    if len(lines) > 1 and not lines[-1] and lines[-2].rstrip(b" \t").endswith(b"="):
+        # A soft break right before the final line ending still ends a line, as
+        # fast-mail-parser 0.10 decodes it; both MIME walks must agree.
+        decoded_lines.append(b"\r\n")
     joined = b"".join(decoded_lines)
     if _QP_JUNK.search(joined):
         defects.add("qp_junk", f"{where}: '=' not followed by two hex digits kept as text")

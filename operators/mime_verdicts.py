@@ -88,9 +88,9 @@ def authentication_verdicts(
     received_spf = section.first("Received-SPF")
     if "spf" not in verdicts and received_spf is not None:
         words = decode_header_bytes(received_spf, defects, "Received-SPF").split()
-        result = _result_token(words[0]) if words else None
-        if result:
-            verdicts["spf"] = result
+        spf = _result_token(words[0]) if words else None
+        if spf:
+            verdicts["spf"] = spf
     return {method: verdicts[method] for method in AUTH_METHODS if method in verdicts}
 
 
