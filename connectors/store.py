@@ -336,7 +336,7 @@ class SqliteStore:
             "reply_address": row["reply_address"],
             "messages": _message_documents(messages),
             "external": json.loads(row["external"]),
-            "external_refs": [ref[0] for ref in refs],
+            "external_refs": sorted({ref[0].partition("@")[0] for ref in refs}),
         }
 
     def dead_letters(self) -> list[dict[str, Any]]:

@@ -415,15 +415,36 @@ class ThreadIndex:
             found.setdefault(ticket_id, method)
 
     def _find_by_keys(self, tenant: str, event: Event, found: dict[str, str]) -> list[str]:
+        """Look up the subject's ticket keys; return the external references to keep.
+
+        A key of the ledger is one ticket for everyone. A key the ledger does not
+        know belongs to some other system, so it is kept per organization
+        (`SUP-42@customer.example`): two companies quoting the same foreign key
+        get two tickets, whichever writes first.
+        """
         unknown: list[str] = []
         sender = event["envelope"]["from"]
         for key in subject_keys(event["envelope"]["subject"], self._key_pattern):
             ticket_id = self._lookup_ref(tenant, key)
-            if ticket_id is None:
-                unknown.append(key)
-            elif self._may_join_by_key(sender, self._ticket(ticket_id)):
+            if ticket_id is not None:
+                if self._may_join_by_key(sender, self._ticket(ticket_id)):
+                    found.setdefault(ticket_id, "subject_key")
+                continue
+
+            external = f"{key}@{self._organization(sender)}"
+            ticket_id = self._lookup_ref(tenant, external)
+            if ticket_id is not None and self._may_join_by_key(sender, self._ticket(ticket_id)):
                 found.setdefault(ticket_id, "subject_key")
+            else:
+                unknown.append(external)
         return unknown
+
+    def _organization(self, sender: str) -> str:
+        """Return the sender's domain, or the whole address for a free-mail domain."""
+        domain = mail_domain(sender)
+        if not domain or domain in self._settings.threading.free_mail_domains:
+            return sender
+        return domain
 
     def _may_join_by_key(self, sender: str, info: TicketInfo | None) -> bool:
         if info is None:

@@ -1,5 +1,7 @@
 """Shared fixtures: real services the tests use."""
 
+pytest_plugins = ["tests.conftest_kafka"]
+
 import uuid
 
 import pytest

@@ -108,7 +108,7 @@ def test_subject_key_joins_colleague_from_same_domain():
     colleague = make_event("<b@x>", subject="Re: [SUP-42] still broken", received_at=T.format(3),
                            sender="carol@customer.example")
     outcomes = join_all([make_copy(first), make_copy(colleague)])
-    assert outcomes[0].external_refs == ("SUP-42",)
+    assert outcomes[0].external_refs == ("SUP-42@customer.example",)
     assert outcomes[1].kind == "threaded"
     assert outcomes[1].method == "subject_key"
 
@@ -240,3 +240,15 @@ def test_held_orphan_survives_a_snapshot():
     resumed = ThreadJoinLogic(context, pickle.loads(pickle.dumps(logic.snapshot())))
     released, _ = resumed.on_eof()
     assert [o.kind for o in released] == ["created"]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_foreign_key_is_kept_per_organization(order):
+    events = [
+        make_event("<a@x>", subject="[SUP-42] Export stuck", received_at=T.format(0), sender="priya@kestrel.example"),
+        make_event("<b@x>", subject="RE: [SUP-42] Export stuck", received_at=T.format(1), sender="tomas@kestrel.example"),
+        make_event("<c@x>", subject="[SUP-42] Export 504", received_at=T.format(2), sender="marta@lumen.example"),
+    ]
+    outcomes = join_all([make_copy(events[i]) for i in order])
+    tickets = sorted(tickets_of(outcomes).values(), key=sorted)
+    assert tickets == [{"<a@x>", "<b@x>"}, {"<c@x>"}]
