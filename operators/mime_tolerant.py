@@ -1,11 +1,11 @@
 """The tolerant MIME walk: the stdlib's `email` parser with the compat32 policy.
 
-It is slower than the fast walk (about 700 to 900 messages per second against
-20,000 here) but reads whatever arrives: a multipart without a boundary, base64
-of any length, raw 8-bit part headers, boundaries that prefix each other. The
-stdlib only splits the tree; header text, parameters, transfer decoding and
-charsets are decoded by the same helpers as on the fast walk, from the raw
-bytes the compat32 policy keeps (as surrogate escapes).
+It is several times slower than the fast walk (see `mime_fast`) but reads
+whatever arrives: a multipart without a boundary, base64 of any length, raw
+8-bit part headers, boundaries that prefix each other. The stdlib only splits
+the tree. Header text, parameters, transfer decoding and charsets are decoded
+by the same helpers as on the fast walk, from the raw bytes that the compat32
+policy keeps as surrogate escapes.
 
 The bytes of an embedded message/* part are regenerated from the parsed
 message with the message's own line ending and no refolding, which gives back

@@ -6,6 +6,7 @@ Everything that talks to Kafka runs against a real Tansu broker (the `tansu` fix
 from __future__ import annotations
 
 import doctest
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -625,6 +626,25 @@ def test_unreachable_cluster_raises() -> None:
 
     with pytest.raises(KafkaConnectorError, match=f"from Kafka at {bootstrap}"):
         source.list_parts()
+
+
+def test_lost_broker_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    with TansuBroker() as broker:
+        bootstrap = broker.bootstrap
+        broker.create_topic("mail", partitions=1)
+        produce_records(bootstrap, "mail", [mail(0)])
+        partition = open_partition(bootstrap, "mail", drain=False)
+        poll_until(partition, 1)
+
+    deadline = time.monotonic() + 10
+    with caplog.at_level(logging.WARNING, logger="ticketflow.connectors.kafka"):
+        while not any("mail#0" in line for line in caplog.messages):
+            assert time.monotonic() < deadline, "no error was logged after the broker stopped"
+            assert partition.next_batch() == []
+            time.sleep(0.01)
+    partition.close()
+
+    assert any(bootstrap in line for line in caplog.messages)
 
 
 # --- producing and dead letters ------------------------------------------------------------
