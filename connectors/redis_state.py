@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from ticketflow.connectors.retry import retry_transient
 from ticketflow.operators.dedupe import Verdict
 from ticketflow.operators.thread import TicketInfo
 
@@ -80,17 +80,14 @@ def connect(url: str) -> redis.Redis:
 
 def retrying(action: Callable[[], T], what: str, sleep: Callable[[float], None] = time.sleep) -> T:
     """Run a Redis call, retrying connection and timeout errors until Redis is back."""
-    delay = 0.05
-    failures = 0
-    while True:
-        try:
-            return action()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            failures += 1
-            log.warning("redis unavailable during %s (attempt %d): %s; retrying in %.2fs",
-                        what, failures, exc, delay)
-            sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+    return retry_transient(
+        action,
+        is_transient=lambda exc: isinstance(exc, (redis.ConnectionError, redis.TimeoutError)),
+        what=f"redis {what}",
+        attempts=None,
+        max_delay=MAX_BACKOFF_SECONDS,
+        sleep=sleep,
+    )
 
 
 def _digest(text: str) -> str:
@@ -193,17 +190,17 @@ class RedisThreadState:
         key = f"{self._ns}:alias:{old_id}"
         retrying(lambda: self._redis.set(key, new_id, ex=self._ttl), "alias write")
 
-    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str] | None:
+    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
         key = f"{self._ns}:outcome:{tenant}:{_digest(dedupe_key)}"
         value = retrying(lambda: self._redis.get(key), "outcome lookup")
         if value is None:
             return None
-        ticket_id, kind = json.loads(value)
-        return ticket_id, kind
+        ticket_id, kind, source = json.loads(value)
+        return ticket_id, kind, source
 
-    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str) -> None:
+    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None:
         key = f"{self._ns}:outcome:{tenant}:{_digest(dedupe_key)}"
-        value = json.dumps([ticket_id, kind])
+        value = json.dumps([ticket_id, kind, source])
         retrying(lambda: self._redis.set(key, value, ex=self._ttl), "outcome write")
 
 

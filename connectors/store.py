@@ -142,6 +142,14 @@ def open_store(url: str) -> SqliteStore:
     )
 
 
+def store_error_is_transient(exc: BaseException) -> bool:
+    """Tell whether a store error may pass on retry: a locked or busy database, an I/O hiccup."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    message = str(exc).lower()
+    return any(word in message for word in ("locked", "busy", "disk i/o"))
+
+
 def key_prefix(tenant: str) -> str:
     """Return the human key prefix of a tenant: upper-case letters and digits, 2–10 long."""
     prefix = re.sub(r"[^A-Z0-9]", "", tenant.upper())

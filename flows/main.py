@@ -15,6 +15,7 @@ module only wires them to Bytewax.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ticketflow.config import Settings
+from ticketflow.connectors.retry import retry_transient
+from ticketflow.connectors.store import store_error_is_transient
 from ticketflow.model import DeadLetter, Event, RawMessage
 from ticketflow.operators.dedupe import DedupeWindow, dedupe_key
 from ticketflow.operators.enrich import enrich, tenants_for
@@ -37,6 +40,8 @@ from ticketflow.operators.thread import ThreadIndex, thread_root
 from ticketflow.outcome import Outcome, RunSummary, TenantCopy
 
 log = logging.getLogger(__name__)
+
+_KAFKA_POSITION = re.compile(r"#(\d+)@(\d+)$")
 
 # How often a held orphan looks again for a parent that arrived on another key.
 ORPHAN_RECHECK = timedelta(seconds=1)
@@ -61,6 +66,8 @@ class FlowContext:
     store: Any
     summary: RunSummary = field(default_factory=RunSummary)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Where dead letters of a Kafka run also go (`<topic>.dlq`); None for a corpus.
+    dead_letter_topic: Any = None
     # Set when SIGTERM stops a run: held orphans then stay held (and in the
     # snapshot) instead of being released as if the input had ended.
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -304,7 +311,15 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
 
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
-        context.store.write(items)
+        # A store that stays unavailable raises after the retries: the process
+        # stops, and a restart re-reads from the last snapshot (at least once).
+        retry_transient(
+            lambda: context.store.write(items),
+            is_transient=store_error_is_transient,
+            what="store write",
+        )
+        if context.dead_letter_topic is not None:
+            self._send_dead_letters(items)
         context.dedupe.commit_many(
             [
                 (outcome.tenant, outcome.dedupe_key)
@@ -314,6 +329,24 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
         )
         for outcome in items:
             context.summary.add(outcome)
+
+
+    def _send_dead_letters(self, items: list[Outcome]) -> None:
+        topic = self._context.dead_letter_topic
+        letters = [outcome.dead_letter for outcome in items if outcome.dead_letter is not None]
+        for letter in letters:
+            partition, offset = kafka_position(letter.source)
+            topic.send(letter, partition, offset)
+        if letters:
+            topic.flush()
+
+
+def kafka_position(source: str) -> tuple[int | None, int | None]:
+    """Read partition and offset from a Kafka source (`kafka://…/topic#2@1834`)."""
+    match = _KAFKA_POSITION.search(source)
+    if match is None:
+        return None, None
+    return int(match.group(1)), int(match.group(2))
 
 
 class StoreSink(DynamicSink[Outcome]):

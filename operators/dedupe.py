@@ -14,8 +14,10 @@ the same batch is caught; `commit` turns it into a *committed* mark once the sto
 has written the message. Only committed marks belong in a snapshot, so a crash
 between the check and the write cannot lose a message.
 
-State is bounded: a mark expires `window` seconds of event time after the
-delivery it remembers, and beyond `max_entries` the oldest marks go first.
+State is bounded: a committed mark expires once the newest event time seen is
+`window` seconds past the delivery it remembers, and beyond `max_entries` the
+oldest marks go first. Past the window, the store's own record of the message
+still catches a repeat (see `ThreadIndex.replay_stored`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class DedupeWindow:
             self._advance(seen_at)
 
             mark = self._marks.get((tenant, key))
-            if mark is not None and self._expired(mark):
+            if mark is not None and mark.committed and self._expired(mark):
                 del self._marks[(tenant, key)]
                 mark = None
 
@@ -141,10 +143,13 @@ class DedupeWindow:
     def _evict_expired(self) -> None:
         # Marks are kept in arrival order, which follows event time closely; an
         # out-of-order old mark behind a newer one lives until the newer one goes,
-        # or until `check` finds it expired.
+        # or until `check` finds it expired. A pending mark never expires: its
+        # message is in flight to the store, and a late message (older than the
+        # window behind the newest one) must still catch its own second delivery.
         while self._marks:
             oldest_key = next(iter(self._marks))
-            if not self._expired(self._marks[oldest_key]):
+            oldest = self._marks[oldest_key]
+            if not oldest.committed or not self._expired(oldest):
                 break
             del self._marks[oldest_key]
 

@@ -219,8 +219,8 @@ class ThreadState(Protocol):
     def drop_ticket(self, ticket_id: str) -> None: ...
     def alias(self, ticket_id: str) -> str | None: ...
     def set_alias(self, old_id: str, new_id: str) -> None: ...
-    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str] | None: ...
-    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str) -> None: ...
+    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None: ...
+    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None: ...
 
 
 class MemoryThreadState:
@@ -232,7 +232,7 @@ class MemoryThreadState:
         self._subjects: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._tickets: dict[str, TicketInfo] = {}
         self._aliases: dict[str, str] = {}
-        self._outcomes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._outcomes: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
         found = {}
@@ -279,11 +279,11 @@ class MemoryThreadState:
     def set_alias(self, old_id: str, new_id: str) -> None:
         self._aliases[old_id] = new_id
 
-    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str] | None:
+    def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
         return self._outcomes.get((tenant, dedupe_key))
 
-    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str) -> None:
-        self._outcomes[(tenant, dedupe_key)] = (ticket_id, kind)
+    def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None:
+        self._outcomes[(tenant, dedupe_key)] = (ticket_id, kind, source)
 
 
 @dataclass(frozen=True)
@@ -337,22 +337,22 @@ class ThreadIndex:
             return self._open(copy, dedupe_key, evidence.unknown_keys)
 
     def replay_stored(self, copy: TenantCopy, dedupe_key: str) -> Outcome | str | None:
-        """Check whether this exact message is already stored for this tenant.
+        """Check whether this exact message was decided before (this run) or stored (earlier runs).
 
         Returns the stored outcome again when it is a re-read of the same source
         position, "duplicate" when the same message came from elsewhere, and None
         when it is not stored.
         """
         with self._lock:
-            remembered = self._state.outcome(copy.tenant, dedupe_key)
-            if remembered is not None:
-                ticket_id, kind = remembered
-                return self._repeat(copy, dedupe_key, self._resolve(ticket_id), kind)
-
-            stored = self._ledger.stored_message(copy.tenant, dedupe_key)
+            stored = self._state.outcome(copy.tenant, dedupe_key)
             if stored is None:
-                return None
-            source, ticket_id, kind = stored
+                from_ledger = self._ledger.stored_message(copy.tenant, dedupe_key)
+                if from_ledger is None:
+                    return None
+                source, ticket_id, kind = from_ledger
+                stored = (ticket_id, kind, source)
+
+            ticket_id, kind, source = stored
             if source != copy.event["source"]:
                 return "duplicate"
             return self._repeat(copy, dedupe_key, self._resolve(ticket_id), kind)
@@ -492,7 +492,7 @@ class ThreadIndex:
             # Another process opened a ticket for this thread meanwhile: fold it in too.
             return self._join(copy, dedupe_key, _with_tickets(evidence, taken, target.ticket_id, method))
 
-        self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded")
+        self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded", event["source"])
         return Outcome(
             kind="threaded",
             source=event["source"],
@@ -525,7 +525,7 @@ class ThreadIndex:
             evidence = _Evidence({}, unknown_keys)
             return self._join(copy, dedupe_key, _with_tickets(evidence, taken, info.ticket_id, "references"))
 
-        self._state.set_outcome(copy.tenant, dedupe_key, info.ticket_id, "created")
+        self._state.set_outcome(copy.tenant, dedupe_key, info.ticket_id, "created", event["source"])
         return Outcome(
             kind="created",
             source=event["source"],
@@ -539,7 +539,7 @@ class ThreadIndex:
         )
 
     def _suppress(self, copy: TenantCopy, dedupe_key: str, reason: str) -> Outcome:
-        self._state.set_outcome(copy.tenant, dedupe_key, "", "suppressed")
+        self._state.set_outcome(copy.tenant, dedupe_key, "", "suppressed", copy.event["source"])
         return Outcome(
             kind="suppressed",
             source=copy.event["source"],

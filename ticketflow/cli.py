@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ticketflow.config import ConfigError, load_settings, settings_as_dict
+from ticketflow.connectors.kafka_client import KafkaConnectorError
+from ticketflow.connectors.redis_state import RedisUnavailable
 from ticketflow.connectors.store import DEFAULT_STORE_URL, StoreError, open_store
 from ticketflow.model import utc_now
 
@@ -28,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    except (ConfigError, StoreError, ValueError, OSError) as exc:
+    except (ConfigError, StoreError, ValueError, OSError, KafkaConnectorError, RedisUnavailable) as exc:
         print(f"ticketflow: error: {exc}", file=sys.stderr)
         return 2
 
@@ -66,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder of Bytewax recovery snapshots; a rerun of the same command resumes from it")
     run.add_argument("--snapshot-interval", type=float, default=10.0,
                      help="seconds between recovery snapshots (default 10)")
+    run.add_argument("--dead-letter-topic",
+                     help="for Kafka: the topic dead letters also go to (default <topic>.dlq)")
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
     run.set_defaults(handler=_cmd_run)
@@ -116,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers, process_id=args.process_id, addresses=addresses,
         recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
         drain=args.drain or not args.input.startswith("kafka://"),
+        dead_letter_topic_name=args.dead_letter_topic,
     )
     _print_summary(summary.as_dict(), args.json)
     if not summary.balanced():
@@ -153,6 +158,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
         child_arguments += ["--recovery-dir", str(args.recovery_dir)]
     if args.drain:
         child_arguments.append("--drain")
+    if args.dead_letter_topic:
+        child_arguments += ["--dead-letter-topic", args.dead_letter_topic]
     global_arguments = ["-v"] if args.verbose else []
 
     try:

@@ -131,6 +131,7 @@ def run_flow(
     recovery_dir: Path | None = None,
     snapshot_interval: float = 10.0,
     drain: bool = True,
+    dead_letter_topic_name: str | None = None,
     stop: StopSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RunSummary:
@@ -138,8 +139,13 @@ def run_flow(
     owns_store = isinstance(store, str)
     ticket_store = open_store(store) if isinstance(store, str) else store
     stop = stop or StopSignal()
+    stop.install()
+    dead_letter_topic = open_dead_letter_topic(str(input_name), settings, dead_letter_topic_name)
     try:
-        context = FlowContext(settings=settings, store=ticket_store, clock=clock, stopping=stop.event)
+        context = FlowContext(
+            settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
+            dead_letter_topic=dead_letter_topic,
+        )
         source = StoppableSource(build_source(str(input_name), settings, drain=drain), stop.event)
         flow = build_flow(source, context)
         recovery = RecoveryConfig(recovery_dir) if recovery_dir is not None else None
@@ -156,8 +162,29 @@ def run_flow(
         log.info("run finished: %s", context.summary.as_dict())
         return context.summary
     finally:
+        if dead_letter_topic is not None:
+            dead_letter_topic.close()
         if owns_store:
             ticket_store.close()
+
+
+def open_dead_letter_topic(input_name: str, settings: Settings, name: str | None) -> Any:
+    """Open the dead-letter topic of a Kafka run (`<topic>.dlq` unless named); None otherwise.
+
+    Raises the connector's `TopicNotFoundError` at start when the topic does not
+    exist, rather than failing on the first dead letter.
+    """
+    if not input_name.startswith("kafka://"):
+        return None
+    from ticketflow.connectors.kafka import DeadLetterTopic, parse_kafka_url, topic_partitions
+
+    address = parse_kafka_url(input_name)
+    topic = name or f"{address.topic}.dlq"
+    client_settings = settings.kafka.client_settings()
+    topic_partitions(address.bootstrap, topic, client_settings)
+    return DeadLetterTopic(
+        address.bootstrap, topic, client_settings, max_message_bytes=settings.limits.max_message_bytes
+    )
 
 
 def run_corpus(

@@ -28,6 +28,7 @@ def test_same_key_other_tenant_is_new():
 def test_mark_expires_with_event_time():
     window = DedupeWindow(window_seconds=3600, max_entries=100)
     window.check("acme", "k1", "/a.eml", T0)
+    window.commit("acme", "k1")
     window.check("acme", "other", "/c.eml", T0 + timedelta(hours=2))
     assert window.check("acme", "k1", "/b.eml", T0 + timedelta(hours=2)) == "new"
 
@@ -71,3 +72,10 @@ def test_content_hash_sees_body_change():
     first = make_event("<m1@x>", text="one")
     second = make_event("<m1@x>", text="two")
     assert dedupe_key(first) != dedupe_key(second)
+
+
+def test_late_message_still_catches_its_redelivery():
+    window = DedupeWindow(window_seconds=3600, max_entries=100)
+    window.check("acme", "newer", "/n.eml", T0 + timedelta(days=2))
+    assert window.check("acme", "old", "/a.eml", T0) == "new"
+    assert window.check("acme", "old", "/b.eml", T0) == "duplicate"

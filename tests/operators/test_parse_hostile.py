@@ -166,7 +166,7 @@ def test_five_megabyte_header_lines_are_bounded() -> None:
     assert len(raw) > 5_000_000
     elapsed = seconds(lambda: parse(raw))
     event = parse(raw)
-    assert elapsed < 10
+    assert elapsed < 60  # a quadratic path took 176 s here; linear takes about 1 s
     assert event["envelope"]["references"] == ["<a@example.com>"]
     assert event["envelope"]["subject"].startswith("cafécafé")
     assert len(event["headers"]["Subject"]) == 4096
