@@ -177,8 +177,11 @@ def read_dead_letters(
     settings: Mapping[str, Any] | None = None,
     *,
     timeout: float = 30.0,
+    with_values: bool = False,
 ) -> list[dict[str, Any]]:
     """Read every dead letter in `topic`, from the start to the end offsets seen now.
+
+    With `with_values`, each letter also carries ``value``: the original bytes.
 
     Each letter is a dict with ``source``, ``reason``, ``detail``, ``partition`` and
     ``offset`` (its position in the source topic, or None), and ``size`` (bytes of
@@ -194,7 +197,11 @@ def read_dead_letters(
     finally:
         consumer.close()
 
-    return [_dead_letter_summary(record) for record in records]
+    letters = [_dead_letter_summary(record) for record in records]
+    if with_values:
+        for letter, record in zip(letters, records, strict=True):
+            letter["value"] = record.value() or b""
+    return letters
 
 
 def _dead_letter_summary(record: Message) -> dict[str, Any]:

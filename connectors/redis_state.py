@@ -159,7 +159,7 @@ class RedisThreadState:
         return TicketInfo(
             ticket_id=data["ticket_id"],
             tenant=data["tenant"],
-            first_received_at=data["first_received_at"],
+            first_sent_at=data["first_sent_at"],
             first_message_id=data["first_message_id"],
             requester=data["requester"],
             participants=set(data["participants"]),
@@ -170,7 +170,7 @@ class RedisThreadState:
             {
                 "ticket_id": info.ticket_id,
                 "tenant": info.tenant,
-                "first_received_at": info.first_received_at,
+                "first_sent_at": info.first_sent_at,
                 "first_message_id": info.first_message_id,
                 "requester": info.requester,
                 "participants": sorted(info.participants),

@@ -55,7 +55,7 @@ MIGRATIONS: tuple[str, ...] = (
         review_reasons TEXT NOT NULL DEFAULT '[]',
         reply_address TEXT,
         external TEXT NOT NULL DEFAULT '{}',
-        first_received_at TEXT NOT NULL DEFAULT '',
+        first_sent_at TEXT NOT NULL DEFAULT '',
         first_message_id TEXT NOT NULL DEFAULT '',
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
@@ -69,6 +69,7 @@ MIGRATIONS: tuple[str, ...] = (
         event_id TEXT NOT NULL,
         sender TEXT NOT NULL,
         received_at TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
         automatic TEXT,
         outcome TEXT NOT NULL,
         source TEXT NOT NULL,
@@ -78,7 +79,7 @@ MIGRATIONS: tuple[str, ...] = (
         review_reasons TEXT NOT NULL,
         PRIMARY KEY (tenant, dedupe_key)
     );
-    CREATE INDEX messages_ticket ON messages (ticket_id, received_at, message_id);
+    CREATE INDEX messages_ticket ON messages (ticket_id, sent_at, message_id);
     CREATE TABLE thread_ids (
         tenant TEXT NOT NULL,
         message_id TEXT NOT NULL,
@@ -119,6 +120,10 @@ MIGRATIONS: tuple[str, ...] = (
         raw BLOB NOT NULL,
         created_at TEXT NOT NULL
     );
+    """,
+    # 2: find a dead letter by its source, to clear it once that source succeeds.
+    """
+    CREATE INDEX dead_letters_source ON dead_letters (source);
     """,
 )
 
@@ -232,7 +237,10 @@ class SqliteStore:
             for outcome in outcomes:
                 if outcome.kind == "dead_letter" and outcome.dead_letter is not None:
                     _insert_dead_letter(db, outcome.dead_letter, now)
-                elif outcome.kind in ("created", "threaded") and outcome.ticket_id:
+                    continue
+                # A source that now gets through (a redrive after a fix) is no longer dead.
+                db.execute("DELETE FROM dead_letters WHERE source = ?", (outcome.source,))
+                if outcome.kind in ("created", "threaded") and outcome.ticket_id:
                     touched |= _write_message(db, outcome, now)
             for ticket_id in touched:
                 _refresh_ticket(db, ticket_id, now)
@@ -275,7 +283,7 @@ class SqliteStore:
         with self._lock:
             ticket_id = _resolve_alias(self._db, ticket_id)
             row = self._db.execute(
-                "SELECT ticket_id, tenant, first_received_at, first_message_id, requester, "
+                "SELECT ticket_id, tenant, first_sent_at, first_message_id, requester, "
                 "participants FROM tickets WHERE ticket_id = ?",
                 (ticket_id,),
             ).fetchone()
@@ -284,7 +292,7 @@ class SqliteStore:
         return TicketInfo(
             ticket_id=row[0],
             tenant=row[1],
-            first_received_at=row[2],
+            first_sent_at=row[2],
             first_message_id=row[3],
             requester=row[4],
             participants=set(json.loads(row[5])),
@@ -321,7 +329,7 @@ class SqliteStore:
     def _ticket_document(self, row: sqlite3.Row) -> dict[str, Any]:
         messages = self._db.execute(
             "SELECT message_id, event_id, sender, received_at, automatic, event FROM messages "
-            "WHERE ticket_id = ? ORDER BY received_at, message_id",
+            "WHERE ticket_id = ? ORDER BY sent_at, message_id",
             (row["ticket_id"],),
         ).fetchall()
         refs = self._db.execute(
@@ -367,6 +375,14 @@ class SqliteStore:
             for row in rows
         ]
 
+    def dead_letter_records(self) -> list[tuple[str, bytes]]:
+        """Return (source, original bytes) of every dead letter that kept its bytes."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, raw FROM dead_letters WHERE length(raw) > 0 ORDER BY created_at, source"
+            ).fetchall()
+        return [(row[0], bytes(row[1])) for row in rows]
+
     def dead_letter_bytes(self, dead_letter_id: str) -> bytes | None:
         """Return the original bytes kept with a dead letter."""
         with self._lock:
@@ -408,7 +424,7 @@ def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[st
     _ensure_ticket(db, ticket_id, tenant, now)
 
     db.execute(
-        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             tenant,
             outcome.dedupe_key,
@@ -417,6 +433,7 @@ def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[st
             event["event_id"],
             envelope["from"],
             event["received_at"],
+            copy.thread_order[0],
             copy.automatic,
             outcome.kind,
             event["source"],
@@ -522,8 +539,8 @@ def _resolve_alias(db: sqlite3.Connection, ticket_id: str) -> str:
 def _refresh_ticket(db: sqlite3.Connection, ticket_id: str, now: str) -> None:
     """Derive a ticket's fields from its messages, earliest first."""
     rows = db.execute(
-        "SELECT sender, received_at, message_id, automatic, mailbox, event, enrichment, "
-        "review_reasons FROM messages WHERE ticket_id = ? ORDER BY received_at, message_id",
+        "SELECT sender, sent_at, message_id, automatic, mailbox, event, enrichment, "
+        "review_reasons FROM messages WHERE ticket_id = ? ORDER BY sent_at, message_id",
         (ticket_id,),
     ).fetchall()
     if not rows:
@@ -543,7 +560,7 @@ def _refresh_ticket(db: sqlite3.Connection, ticket_id: str, now: str) -> None:
     db.execute(
         "UPDATE tickets SET subject = ?, requester = ?, participants = ?, priority = ?, "
         "component = ?, environment = ?, status = ?, review_reasons = ?, reply_address = ?, "
-        "first_received_at = ?, first_message_id = ?, updated_at = ? WHERE ticket_id = ?",
+        "first_sent_at = ?, first_message_id = ?, updated_at = ? WHERE ticket_id = ?",
         (
             clean_subject(first_event["envelope"]["subject"]),
             first[0],

@@ -15,7 +15,9 @@ module only wires them to Bytewax.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from ticketflow.operators.dedupe import DedupeWindow, dedupe_key
 from ticketflow.operators.enrich import enrich, tenants_for
 from ticketflow.operators.gate import AutoReplyLimiter, gate
 from ticketflow.operators.parse import UnparseableMessage, decode_record, header_block
-from ticketflow.operators.thread import ThreadIndex, thread_root
+from ticketflow.operators.thread import ThreadIndex, sent_at, thread_root
 from ticketflow.outcome import Outcome, RunSummary, TenantCopy
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ def tenant_copies(event: Event, settings: Settings) -> list[TenantCopy]:
     enrichment = enrich(event, settings.routing)
     decision = gate(event, settings.routing, settings.threading, settings.gate)
 
+    sent = sent_at(event)
     copies = []
     for position, tenant in enumerate(tenants):
         copies.append(
@@ -157,6 +160,7 @@ def tenant_copies(event: Event, settings: Settings) -> list[TenantCopy]:
                 bulk_suppressed=decision.suppress,
                 review_reasons=tuple(decision.review_reasons),
                 mailbox=_mailbox_for(event, tenant, settings),
+                sent_at=sent,
             )
         )
     return copies
@@ -273,7 +277,7 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
         if not self._held:
             return []
         now = self._context.clock()
-        self._held.sort(key=lambda held: (held.copy.event["received_at"], held.copy.event["envelope"]["message_id"]))
+        self._held.sort(key=lambda held: held.copy.thread_order)
 
         outcomes: list[Outcome] = []
         still_held: list[_HeldOrphan] = []
@@ -306,8 +310,10 @@ def _event_time(event: Event) -> datetime:
 
 
 class _StorePartition(StatelessSinkPartition[Outcome]):
-    def __init__(self, context: FlowContext) -> None:
+    def __init__(self, context: FlowContext, kill_after_batches: int | None = None) -> None:
         self._context = context
+        self._kill_after_batches = kill_after_batches
+        self._batches = 0
 
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
@@ -330,6 +336,11 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
         for outcome in items:
             context.summary.add(outcome)
 
+        self._batches += 1
+        if self._kill_after_batches is not None and self._batches >= self._kill_after_batches:
+            log.warning("fault injection: killing this process after store write %d", self._batches)
+            os.kill(os.getpid(), signal.SIGKILL)
+
 
     def _send_dead_letters(self, items: list[Outcome]) -> None:
         topic = self._context.dead_letter_topic
@@ -350,19 +361,29 @@ def kafka_position(source: str) -> tuple[int | None, int | None]:
 
 
 class StoreSink(DynamicSink[Outcome]):
-    """Write outcomes to the store in batches, then commit their dedupe marks."""
+    """Write outcomes to the store in batches, then commit their dedupe marks.
 
-    def __init__(self, context: FlowContext) -> None:
+    `kill_after_batches` is a crash-test hook: the process kills itself with
+    SIGKILL right after that many store writes, before the next snapshot.
+    """
+
+    def __init__(self, context: FlowContext, kill_after_batches: int | None = None) -> None:
         self._context = context
+        self._kill_after_batches = kill_after_batches
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self._context)
+        return _StorePartition(self._context, self._kill_after_batches)
 
 
 # -- the dataflow --------------------------------------------------------------------
 
 
-def build_flow(source: Source[RawMessage], context: FlowContext, flow_id: str = "ticketflow") -> Dataflow:
+def build_flow(
+    source: Source[RawMessage],
+    context: FlowContext,
+    flow_id: str = "ticketflow",
+    kill_after_batches: int | None = None,
+) -> Dataflow:
     """Build the main job's dataflow over a source of raw records."""
     settings = context.settings
     flow = Dataflow(flow_id)
@@ -378,7 +399,7 @@ def build_flow(source: Source[RawMessage], context: FlowContext, flow_id: str = 
 
     dead = op.map("dead_letter", split.falses, _dead_letter_outcome)
     merged: Stream[Outcome] = op.merge("outcomes", outcomes, dead)
-    op.output("store", merged, StoreSink(context))
+    op.output("store", merged, StoreSink(context, kill_after_batches))
     return flow
 
 

@@ -35,7 +35,8 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 from ticketflow.config import Settings
@@ -57,6 +58,23 @@ def thread_parents(event: Event) -> list[str]:
         if reference not in parents:
             parents.append(reference)
     return [parent for parent in parents if parent != envelope["message_id"]]
+
+
+def sent_at(event: Event) -> str:
+    """Return when the author sent a message: its Date header, else its received time.
+
+    Every delivery of a message carries the same Date, so this orders a thread
+    the same way whichever delivery was kept.
+    """
+    date = header_value(event, "Date")
+    if date:
+        try:
+            moment = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment.astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
+    return event["received_at"]
 
 
 def thread_root(event: Event) -> str:
@@ -142,7 +160,8 @@ class TicketInfo:
 
     ticket_id: str
     tenant: str
-    first_received_at: str
+    # Send time of the ticket's earliest message (see `TenantCopy.sent_at`).
+    first_sent_at: str
     first_message_id: str
     requester: str
     participants: set[str] = field(default_factory=set)
@@ -150,7 +169,7 @@ class TicketInfo:
     @property
     def first(self) -> tuple[str, str]:
         """Order of tickets by their earliest message."""
-        return (self.first_received_at, self.first_message_id)
+        return (self.first_sent_at, self.first_message_id)
 
 
 class Ledger(Protocol):
@@ -480,7 +499,7 @@ class ThreadIndex:
         folded = [info.ticket_id for info in tickets[1:]]
 
         event = copy.event
-        if (event["received_at"], event["envelope"]["message_id"]) < target.first:
+        if copy.thread_order < target.first:
             folded.append(target.ticket_id)
             target = self._renamed(target, copy)
         for info in tickets[1:]:
@@ -513,7 +532,7 @@ class ThreadIndex:
         info = TicketInfo(
             ticket_id=ticket_id_for(copy.tenant, envelope["message_id"]),
             tenant=copy.tenant,
-            first_received_at=event["received_at"],
+            first_sent_at=copy.thread_order[0],
             first_message_id=envelope["message_id"],
             requester=envelope["from"],
         )
@@ -555,7 +574,7 @@ class ThreadIndex:
         renamed = replace(
             info,
             ticket_id=ticket_id_for(copy.tenant, envelope["message_id"]),
-            first_received_at=copy.event["received_at"],
+            first_sent_at=copy.thread_order[0],
             first_message_id=envelope["message_id"],
             requester=envelope["from"],
             participants=set(info.participants),

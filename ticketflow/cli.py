@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder of Bytewax recovery snapshots; a rerun of the same command resumes from it")
     run.add_argument("--snapshot-interval", type=float, default=10.0,
                      help="seconds between recovery snapshots (default 10)")
+    run.add_argument("--batch-size", type=int, default=500,
+                     help="records each source partition reads at a time (default 500)")
     run.add_argument("--dead-letter-topic",
                      help="for Kafka: the topic dead letters also go to (default <topic>.dlq)")
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
@@ -80,10 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     tickets.add_argument("--json", action="store_true", help="print the tickets as a JSON list")
     tickets.set_defaults(handler=_cmd_tickets)
 
-    dead = commands.add_parser("dead-letters", help="list the dead letters in a store")
+    dead = commands.add_parser("dead-letters", help="list the dead letters in a store or a dead-letter topic")
     dead.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL")
+    dead.add_argument("--input", help="kafka://HOST:PORT/TOPIC: read <topic>.dlq instead of the store")
+    dead.add_argument("--dead-letter-topic", help="the dead-letter topic to read (default <topic>.dlq)")
+    dead.add_argument("--config", type=Path, help="TOML config file, for [kafka] client settings")
     dead.add_argument("--json", action="store_true", help="print the dead letters as a JSON list")
     dead.set_defaults(handler=_cmd_dead_letters)
+
+    redrive = commands.add_parser(
+        "redrive", help="send dead letters through the flow again, after a fix",
+        description="With --input kafka://…, produce every record of the dead-letter topic back to "
+        "the input topic, for the running flow to take. Without it, run the store's dead letters "
+        "through the flow now; each one that gets through leaves the dead letters.",
+    )
+    redrive.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL")
+    redrive.add_argument("--input", help="kafka://HOST:PORT/TOPIC whose <topic>.dlq to redrive")
+    redrive.add_argument("--dead-letter-topic", help="the dead-letter topic (default <topic>.dlq)")
+    redrive.add_argument("--reason", help="only dead letters with this reason (e.g. parser_error)")
+    redrive.add_argument("--config", type=Path, help="TOML config file")
+    redrive.add_argument("--json", action="store_true", help="print the result as JSON")
+    redrive.set_defaults(handler=_cmd_redrive)
 
     check = commands.add_parser("check-config", help="validate a config file and print the effective values")
     check.add_argument("file", type=Path, help="TOML config file")
@@ -121,6 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
         drain=args.drain or not args.input.startswith("kafka://"),
         dead_letter_topic_name=args.dead_letter_topic,
+        batch_size=args.batch_size,
     )
     _print_summary(summary.as_dict(), args.json)
     if not summary.balanced():
@@ -130,7 +150,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_run_arguments(args: argparse.Namespace, settings: Any) -> None:
-    for flag, value in (("--processes", args.processes), ("--workers-per-process", args.workers)):
+    for flag, value in (
+        ("--processes", args.processes),
+        ("--workers-per-process", args.workers),
+        ("--batch-size", args.batch_size),
+    ):
         if value < 1:
             raise ValueError(f"{flag} {value}: use 1 or more")
     if args.snapshot_interval <= 0:
@@ -151,7 +175,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
         prepare_recovery(args.recovery_dir, args.processes * args.workers)
     child_arguments = ["--input", args.input, "--store", args.store,
                        "--workers-per-process", str(args.workers),
-                       "--snapshot-interval", str(args.snapshot_interval)]
+                       "--snapshot-interval", str(args.snapshot_interval),
+                       "--batch-size", str(args.batch_size)]
     if args.config is not None:
         child_arguments += ["--config", str(args.config)]
     if args.recovery_dir is not None:
@@ -192,11 +217,14 @@ def _cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    try:
-        letters = store.dead_letters()
-    finally:
-        store.close()
+    if args.input:
+        letters = _topic_dead_letters(args, with_values=False)
+    else:
+        store = open_store(args.store)
+        try:
+            letters = store.dead_letters()
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(letters, indent=2, ensure_ascii=False))
     else:
@@ -204,6 +232,71 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
             print(f"{letter['reason']:<16} {letter['source']}  ({letter['detail']})")
         print(f"{len(letters)} dead letters")
     return 0
+
+
+def _topic_dead_letters(args: argparse.Namespace, with_values: bool) -> list[dict[str, Any]]:
+    from ticketflow.connectors.kafka import parse_kafka_url, read_dead_letters
+
+    settings = load_settings(args.config)
+    address = parse_kafka_url(args.input)
+    topic = args.dead_letter_topic or f"{address.topic}.dlq"
+    return read_dead_letters(
+        address.bootstrap, topic, settings.kafka.client_settings(), with_values=with_values
+    )
+
+
+def _cmd_redrive(args: argparse.Namespace) -> int:
+    if args.input:
+        result = _redrive_topic(args)
+    else:
+        result = _redrive_store(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(", ".join(f"{name} {value}" for name, value in result.items()))
+    return 0
+
+
+def _redrive_topic(args: argparse.Namespace) -> dict[str, Any]:
+    from ticketflow.connectors.kafka import parse_kafka_url, produce_records
+
+    settings = load_settings(args.config)
+    address = parse_kafka_url(args.input)
+    letters = [
+        letter for letter in _topic_dead_letters(args, with_values=True)
+        if letter["value"] and (args.reason is None or letter["reason"] == args.reason)
+    ]
+    records = [
+        (letter["value"], {"ticketflow-redriven-from": letter["source"]}) for letter in letters
+    ]
+    sent = produce_records(
+        address.bootstrap, address.topic, records,
+        settings=settings.kafka.client_settings(),
+        max_message_bytes=settings.limits.max_message_bytes,
+    )
+    return {"redriven": sent, "topic": address.topic}
+
+
+def _redrive_store(args: argparse.Namespace) -> dict[str, Any]:
+    from ticketflow.connectors.records import RecordsSource
+    from ticketflow.model import RawMessage
+    from ticketflow.runner import run_flow
+
+    settings = load_settings(args.config)
+    store = open_store(args.store)
+    try:
+        letters = store.dead_letters()
+        reasons = {letter["source"]: letter["reason"] for letter in letters}
+        records = [
+            RawMessage(source=source, raw=raw)
+            for source, raw in store.dead_letter_records()
+            if args.reason is None or reasons.get(source) == args.reason
+        ]
+        summary = run_flow("redrive", settings, store, source=RecordsSource(records))
+        remaining = len(store.dead_letters())
+    finally:
+        store.close()
+    return {"redriven": len(records), **summary.as_dict(), "dead_letters_left": remaining}
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

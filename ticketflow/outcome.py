@@ -38,6 +38,14 @@ class TenantCopy:
     review_reasons: tuple[str, ...] = ()
     # The mailbox address this tenant's copy arrived on, used to build reply addresses.
     mailbox: str = ""
+    # When the author sent it (Date header, else received_at), RFC 3339 UTC. It orders
+    # a thread's messages: unlike received_at it is the same for every delivery.
+    sent_at: str = ""
+
+    @property
+    def thread_order(self) -> tuple[str, str]:
+        """Sort key of this message inside its thread: send time, then Message-ID."""
+        return (self.sent_at or self.event["received_at"], self.event["envelope"]["message_id"])
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ each run it with their `process_id` and the cluster's address list.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -89,7 +90,7 @@ class StoppableSource(FixedPartitionedSource[RawMessage, Any]):
 
 
 def build_source(
-    input_name: str, settings: Settings, *, drain: bool
+    input_name: str, settings: Settings, *, drain: bool, batch_size: int = 500
 ) -> FixedPartitionedSource[RawMessage, Any]:
     """Open the source an `--input` value names: a corpus path or `kafka://HOST:PORT/TOPIC`."""
     if input_name.startswith("kafka://"):
@@ -101,6 +102,7 @@ def build_source(
             address.topic,
             settings=settings.kafka.client_settings(),
             drain=drain,
+            batch_size=batch_size,
             max_message_bytes=settings.limits.max_message_bytes,
         )
     if "://" in input_name:
@@ -108,7 +110,7 @@ def build_source(
             f"input {input_name!r}: unknown scheme; give a file, a folder of messages, "
             "an mbox, a Maildir or kafka://HOST:PORT/TOPIC"
         )
-    return CorpusSource(Path(input_name))
+    return CorpusSource(Path(input_name), batch_size=batch_size)
 
 
 def prepare_recovery(recovery_dir: Path, partitions: int) -> RecoveryConfig:
@@ -132,10 +134,15 @@ def run_flow(
     snapshot_interval: float = 10.0,
     drain: bool = True,
     dead_letter_topic_name: str | None = None,
+    batch_size: int = 500,
+    source: FixedPartitionedSource[RawMessage, Any] | None = None,
     stop: StopSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RunSummary:
-    """Run the main job until its source ends (or a stop is requested); return the counts."""
+    """Run the main job until its source ends (or a stop is requested); return the counts.
+
+    `source` replaces the source `input_name` names, which then only labels the run.
+    """
     owns_store = isinstance(store, str)
     ticket_store = open_store(store) if isinstance(store, str) else store
     stop = stop or StopSignal()
@@ -146,8 +153,8 @@ def run_flow(
             settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
             dead_letter_topic=dead_letter_topic,
         )
-        source = StoppableSource(build_source(str(input_name), settings, drain=drain), stop.event)
-        flow = build_flow(source, context)
+        inner = source or build_source(str(input_name), settings, drain=drain, batch_size=batch_size)
+        flow = build_flow(StoppableSource(inner, stop.event), context, kill_after_batches=_fault_kill_after_batches(process_id))
         recovery = RecoveryConfig(recovery_dir) if recovery_dir is not None else None
 
         log.info("run started: input=%s workers=%d process=%s", input_name, workers, process_id)
@@ -166,6 +173,30 @@ def run_flow(
             dead_letter_topic.close()
         if owns_store:
             ticket_store.close()
+
+
+FAULT_KILL_VARIABLE = "TICKETFLOW_FAULT_KILL_AFTER_BATCHES"
+
+
+def _fault_kill_after_batches(process_id: int | None) -> int | None:
+    """Read the crash-test hook: SIGKILL this process right after its Nth store write.
+
+    `N` applies to every process, `N@P` only to the process with id P. Tests use
+    it to stop a process between a store write and the snapshot that follows it;
+    it is unset in normal runs.
+    """
+    value = os.environ.get(FAULT_KILL_VARIABLE)
+    if not value:
+        return None
+    batches, _, target = value.partition("@")
+    if not batches.isdigit() or int(batches) < 1 or (target and not target.isdigit()):
+        raise ValueError(
+            f"{FAULT_KILL_VARIABLE}={value!r}: use a positive number of batches, "
+            "optionally followed by @PROCESS_ID"
+        )
+    if target and int(target) != (process_id or 0):
+        return None
+    return int(batches)
 
 
 def open_dead_letter_topic(input_name: str, settings: Settings, name: str | None) -> Any:
