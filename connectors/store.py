@@ -244,6 +244,7 @@ class SqliteStore:
                     touched |= _write_message(db, outcome, now)
             for ticket_id in touched:
                 _refresh_ticket(db, ticket_id, now)
+            _assign_pending_keys(db)
 
     # -- the ledger, for the thread join --------------------------------------
 
@@ -465,26 +466,39 @@ def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[st
     return {ticket_id}
 
 
+_PENDING_KEY = "~"
+
+
 def _ensure_ticket(db: sqlite3.Connection, ticket_id: str, tenant: str, now: str) -> None:
+    """Create a ticket row if missing; its human key is assigned at the end of the batch."""
     exists = db.execute("SELECT 1 FROM tickets WHERE ticket_id = ?", (ticket_id,)).fetchone()
     if exists:
         return
-    key = _allocate_key(db, tenant)
     db.execute(
         "INSERT INTO tickets (ticket_id, tenant, key, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-        (ticket_id, tenant, key, now, now),
+        (ticket_id, tenant, _PENDING_KEY + ticket_id, now, now),
     )
-    _add_own_refs(db, tenant, ticket_id, key)
+    db.execute(
+        "INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, 'token')",
+        (tenant, f"token:{ticket_id.removeprefix('tkt_')[:12]}", ticket_id),
+    )
 
 
-def _add_own_refs(db: sqlite3.Connection, tenant: str, ticket_id: str, key: str) -> None:
-    db.executemany(
-        "INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, ?)",
-        [
-            (tenant, key, ticket_id, "key"),
-            (tenant, f"token:{ticket_id.removeprefix('tkt_')[:12]}", ticket_id, "token"),
-        ],
-    )
+def _assign_pending_keys(db: sqlite3.Connection) -> None:
+    """Number the batch's new tickets per tenant in the order their first messages were sent.
+
+    The engine emits a batch's outcomes grouped by thread, not in arrival order,
+    so numbering at creation would scatter the keys of a corpus.
+    """
+    pending = db.execute(
+        "SELECT ticket_id, tenant FROM tickets WHERE key LIKE ? "
+        "ORDER BY first_sent_at, first_message_id",
+        (_PENDING_KEY + "%",),
+    ).fetchall()
+    for ticket_id, tenant in pending:
+        key = _allocate_key(db, tenant)
+        db.execute("UPDATE tickets SET key = ? WHERE ticket_id = ?", (key, ticket_id))
+        db.execute("INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, 'key')", (tenant, key, ticket_id))
 
 
 def _allocate_key(db: sqlite3.Connection, tenant: str) -> str:

@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader went away (`ticketflow tickets | head`): not an error of ours.
+        sys.stderr.close()
+        return 0
     except (ConfigError, StoreError, ValueError, OSError, KafkaConnectorError, RedisUnavailable) as exc:
         print(f"ticketflow: error: {exc}", file=sys.stderr)
         return 2
@@ -316,14 +320,17 @@ def _ticket_table(tickets: list[dict[str, Any]]) -> str:
             ticket["status"],
             str(len(ticket["messages"])),
             ticket["component"] or "-",
-            ticket["requester"],
+            _shorten(ticket["requester"], 32),
             _shorten(ticket["subject"], 48),
         )
         for ticket in tickets
     ]
     widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column) for i, column in enumerate(columns)]
-    lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.append(f"{len(tickets)} tickets")
     return "\n".join(lines)
 
