@@ -125,6 +125,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX dead_letters_source ON dead_letters (source);
     """,
+    # 3: a random identity, so state kept outside the store (Redis) is never shared by two stores.
+    """
+    CREATE TABLE store_identity (store_id TEXT NOT NULL);
+    INSERT INTO store_identity VALUES (lower(hex(randomblob(8))));
+    """,
 )
 
 
@@ -221,6 +226,11 @@ class SqliteStore:
                         db.execute(statement)
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 log.info("store %s migrated to schema version %d", self.path, version)
+
+    def store_id(self) -> str:
+        """Return this store's random identity, made when its schema was created."""
+        with self._lock:
+            return str(self._db.execute("SELECT store_id FROM store_identity").fetchone()[0])
 
     def schema_version(self) -> int:
         """Return the schema version the store is at."""

@@ -96,11 +96,15 @@ class FlowContext:
 
         state = self.settings.state
         client = connect(state.redis_url)
-        self.dedupe = RedisDedupeWindow(client, state.namespace, self.settings.dedupe.window)
+        # Redis state belongs to one store: two stores sharing a namespace would
+        # see each other's messages as duplicates.
+        store_id = self.store.store_id() if self.store is not None else "no-store"
+        namespace = f"{state.namespace}:{store_id}"
+        self.dedupe = RedisDedupeWindow(client, namespace, self.settings.dedupe.window)
         self.index = ThreadIndex(
             self.settings,
             self.store,
-            RedisThreadState(client, state.namespace, self.settings.threading.index_ttl),
+            RedisThreadState(client, namespace, self.settings.threading.index_ttl),
         )
 
 
