@@ -1,9 +1,14 @@
-"""Shared state in Redis, for runs of several processes: the dedupe window and the thread index.
+"""Shared state in Redis, for runs of several processes: the thread index and dedupe records.
 
-Every entry carries a TTL: dedupe marks live `dedupe.window` seconds and thread
-entries `threading.index_ttl` seconds, measured by Redis's clock from the write
-(the in-process window measures event time instead). The store's ledger
-answers for anything older.
+The thread index maps message ids, ticket keys and reply tokens to tickets. Its
+outcome records, one per (tenant, message), name the source position each
+message was first read from: a second delivery from elsewhere is a duplicate in
+every process, while a re-read of the same position replays the same outcome.
+Each process also keeps its own in-memory `DedupeWindow` for messages in flight.
+
+Every entry carries a TTL of `threading.index_ttl` seconds (at least the dedupe
+window), measured by Redis's clock from the write; the store's ledger answers
+for anything older.
 
 Losing Redis parks the flow instead of losing mail: every call retries a
 connection or timeout error with exponential backoff (capped at
@@ -19,13 +24,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import redis
 
 from ticketflow.connectors.retry import retry_transient
-from ticketflow.operators.dedupe import Verdict
 from ticketflow.operators.thread import TicketInfo
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,29 @@ for i, key in ipairs(KEYS) do
   end
 end
 return taken
+"""
+
+# For each id key, return the ticket holding it after following merges (alias
+# keys, ARGV[1] is their prefix) and that ticket's document (prefix ARGV[2]);
+# false for an unknown id.
+_LOOKUP_SCRIPT = """
+local answer = {}
+for i, key in ipairs(KEYS) do
+  local ticket = redis.call('GET', key)
+  if ticket then
+    for _ = 1, 16 do
+      local newer = redis.call('GET', ARGV[1] .. ticket)
+      if not newer then break end
+      ticket = newer
+    end
+    table.insert(answer, ticket)
+    table.insert(answer, redis.call('GET', ARGV[2] .. ticket) or false)
+  else
+    table.insert(answer, false)
+    table.insert(answer, false)
+  end
+end
+return answer
 """
 
 # Keep the newest sighting of a subject: ARGV = ticket id, seen time, ttl.
@@ -94,52 +120,162 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-class RedisThreadState:
-    """The thread join's state shared by every process of a run (see `ThreadState`)."""
+class _Expiring:
+    """A small cache of values, each trusted for `seconds` (forever with None); bounded."""
 
-    def __init__(self, client: redis.Redis, namespace: str, ttl_seconds: float) -> None:
+    def __init__(self, seconds: float | None, max_entries: int, clock: Callable[[], float]) -> None:
+        self._seconds = seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        self._values: dict[Any, tuple[Any, float]] = {}
+
+    def get(self, key: Any) -> tuple[bool, Any]:
+        entry = self._values.get(key)
+        if entry is None:
+            return False, None
+        value, stored_at = entry
+        if self._seconds is not None and self._clock() - stored_at > self._seconds:
+            del self._values[key]
+            return False, None
+        return True, value
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._values) >= self._max_entries:
+            # Drop the oldest tenth: cheap, and a miss only costs a Redis read.
+            for old in list(self._values)[: self._max_entries // 10 or 1]:
+                del self._values[old]
+        self._values[key] = (value, self._clock())
+
+
+class RedisThreadState:
+    """The thread join's state shared by every process of a run (see `ThreadState`).
+
+    To keep Redis off the critical path, each process caches what cannot change
+    once written (which ticket holds a message id, a reference or an outcome), and
+    briefly (`VOLATILE_SECONDS`) what can (ticket facts, the absence of a merge).
+    Writes are queued and sent in one pipeline, either together with the next id
+    claim or by `flush`, which the thread index calls after every decision.
+    """
+
+    VOLATILE_SECONDS = 1.0
+    CACHE_ENTRIES = 200_000
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = client
         self._ns = namespace
         self._ttl = max(1, int(ttl_seconds))
         self._claim = client.register_script(_CLAIM_SCRIPT)
+        self._lookup = client.register_script(_LOOKUP_SCRIPT)
         self._note_subject = client.register_script(_NOTE_SUBJECT_SCRIPT)
+        self._pending = client.pipeline(transaction=False)
+        self._pending_count = 0
+        self._ids = _Expiring(None, self.CACHE_ENTRIES, clock)
+        self._refs = _Expiring(None, self.CACHE_ENTRIES, clock)
+        self._outcomes = _Expiring(None, self.CACHE_ENTRIES, clock)
+        self._tickets = _Expiring(self.VOLATILE_SECONDS, self.CACHE_ENTRIES, clock)
+        self._aliases = _Expiring(self.VOLATILE_SECONDS, self.CACHE_ENTRIES, clock)
+
+    # -- queued writes -------------------------------------------------------
+
+    def _queue(self, command: str, *args: Any, **kwargs: Any) -> None:
+        getattr(self._pending, command)(*args, **kwargs)
+        self._pending_count += 1
+
+    def flush(self) -> None:
+        """Send the queued writes in one pipeline."""
+        if not self._pending_count:
+            return
+        pending = self._pending
+        retrying(pending.execute, "state write")
+        self._pending = self._redis.pipeline(transaction=False)
+        self._pending_count = 0
+
+    # -- message ids -------------------------------------------------------------
 
     def _id_key(self, tenant: str, message_id: str) -> str:
         return f"{self._ns}:id:{tenant}:{_digest(message_id)}"
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
-        if not message_ids:
-            return {}
-        keys = [self._id_key(tenant, message_id) for message_id in message_ids]
-        values = retrying(lambda: self._redis.mget(keys), "id lookup")
-        return {
-            message_id: value.decode()
-            for message_id, value in zip(message_ids, values, strict=True)
-            if value is not None
-        }
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for message_id in message_ids:
+            hit, ticket_id = self._ids.get((tenant, message_id))
+            if hit:
+                found[message_id] = ticket_id
+            else:
+                missing.append(message_id)
+        if not missing:
+            return found
+
+        keys = [self._id_key(tenant, message_id) for message_id in missing]
+        prefixes = [f"{self._ns}:alias:", f"{self._ns}:ticket:"]
+        answer = retrying(lambda: self._lookup(keys=keys, args=prefixes), "id lookup")
+        for message_id, holder, document in zip(missing, answer[::2], answer[1::2], strict=True):
+            if not holder:
+                continue
+            ticket_id = holder.decode()
+            found[message_id] = ticket_id
+            self._ids.put((tenant, message_id), ticket_id)
+            # The script followed every merge: this ticket is final as of now.
+            self._aliases.put(ticket_id, None)
+            if document:
+                self._tickets.put(ticket_id, _ticket_from_json(document))
+        return found
 
     def claim_ids(self, tenant: str, message_ids: list[str], ticket_id: str) -> dict[str, str]:
         if not message_ids:
             return {}
         keys = [self._id_key(tenant, message_id) for message_id in message_ids]
-        answer = retrying(lambda: self._claim(keys=keys, args=[ticket_id, self._ttl]), "id claim")
+        self._pending.evalsha(self._claim.sha, len(keys), *keys, ticket_id, self._ttl)
+        answer = self._execute_with_claim()
+
         taken = {}
         for position, holder in zip(answer[::2], answer[1::2], strict=True):
             taken[message_ids[int(position) - 1]] = holder.decode()
+        for message_id in message_ids:
+            self._ids.put((tenant, message_id), taken.get(message_id, ticket_id))
         return taken
 
+    def _execute_with_claim(self) -> list[Any]:
+        pending = self._pending
+        self._pending = self._redis.pipeline(transaction=False)
+        self._pending_count = 0
+
+        def run() -> list[Any]:
+            try:
+                return pending.execute()
+            except redis.exceptions.NoScriptError:
+                self._claim.sha = self._redis.script_load(_CLAIM_SCRIPT)
+                raise
+        results = retrying(run, "id claim")
+        return list(results[-1])
+
+    # -- references, subjects, tickets, aliases, outcomes -----------------------------
+
     def ref(self, tenant: str, ref: str) -> str | None:
+        hit, ticket_id = self._refs.get((tenant, ref))
+        if hit:
+            return ticket_id
         value = retrying(lambda: self._redis.get(f"{self._ns}:ref:{tenant}:{ref}"), "ref lookup")
-        return value.decode() if value is not None else None
+        if value is None:
+            return None
+        self._refs.put((tenant, ref), value.decode())
+        return value.decode()
 
     def claim_ref(self, tenant: str, ref: str, ticket_id: str) -> None:
-        key = f"{self._ns}:ref:{tenant}:{ref}"
-        retrying(lambda: self._redis.set(key, ticket_id, nx=True, ex=self._ttl), "ref claim")
+        self._queue("set", f"{self._ns}:ref:{tenant}:{ref}", ticket_id, nx=True, ex=self._ttl)
 
     def _subject_key(self, tenant: str, requester: str, subject: str) -> str:
         return f"{self._ns}:subject:{tenant}:{_digest(requester + chr(0) + subject)}"
 
     def subject(self, tenant: str, requester: str, subject: str) -> tuple[str, str] | None:
+        self.flush()
         key = self._subject_key(tenant, requester, subject)
         value = retrying(lambda: self._redis.get(key), "subject lookup")
         if value is None:
@@ -149,21 +285,18 @@ class RedisThreadState:
 
     def note_subject(self, tenant: str, requester: str, subject: str, ticket_id: str, seen: str) -> None:
         key = self._subject_key(tenant, requester, subject)
-        retrying(lambda: self._note_subject(keys=[key], args=[ticket_id, seen, self._ttl]), "subject note")
+        self._queue("evalsha", self._note_subject.sha, 1, key, ticket_id, seen, self._ttl)
 
     def ticket(self, ticket_id: str) -> TicketInfo | None:
+        hit, info = self._tickets.get(ticket_id)
+        if hit:
+            return info
         value = retrying(lambda: self._redis.get(f"{self._ns}:ticket:{ticket_id}"), "ticket lookup")
         if value is None:
             return None
-        data = json.loads(value)
-        return TicketInfo(
-            ticket_id=data["ticket_id"],
-            tenant=data["tenant"],
-            first_sent_at=data["first_sent_at"],
-            first_message_id=data["first_message_id"],
-            requester=data["requester"],
-            participants=set(data["participants"]),
-        )
+        info = _ticket_from_json(value)
+        self._tickets.put(ticket_id, info)
+        return info
 
     def put_ticket(self, info: TicketInfo) -> None:
         document = json.dumps(
@@ -176,88 +309,54 @@ class RedisThreadState:
                 "participants": sorted(info.participants),
             }
         )
-        key = f"{self._ns}:ticket:{info.ticket_id}"
-        retrying(lambda: self._redis.set(key, document, ex=self._ttl), "ticket write")
+        self._tickets.put(info.ticket_id, info)
+        self._queue("set", f"{self._ns}:ticket:{info.ticket_id}", document, ex=self._ttl)
 
     def drop_ticket(self, ticket_id: str) -> None:
-        retrying(lambda: self._redis.delete(f"{self._ns}:ticket:{ticket_id}"), "ticket drop")
+        self._tickets.put(ticket_id, None)
+        self._queue("delete", f"{self._ns}:ticket:{ticket_id}")
 
     def alias(self, ticket_id: str) -> str | None:
+        hit, newer = self._aliases.get(ticket_id)
+        if hit:
+            return newer
         value = retrying(lambda: self._redis.get(f"{self._ns}:alias:{ticket_id}"), "alias lookup")
-        return value.decode() if value is not None else None
+        newer = value.decode() if value is not None else None
+        self._aliases.put(ticket_id, newer)
+        return newer
 
     def set_alias(self, old_id: str, new_id: str) -> None:
-        key = f"{self._ns}:alias:{old_id}"
-        retrying(lambda: self._redis.set(key, new_id, ex=self._ttl), "alias write")
+        self._aliases.put(old_id, new_id)
+        self._queue("set", f"{self._ns}:alias:{old_id}", new_id, ex=self._ttl)
+
+    def _outcome_key(self, tenant: str, dedupe_key: str) -> str:
+        return f"{self._ns}:outcome:{tenant}:{_digest(dedupe_key)}"
 
     def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
-        key = f"{self._ns}:outcome:{tenant}:{_digest(dedupe_key)}"
+        hit, stored = self._outcomes.get((tenant, dedupe_key))
+        if hit:
+            return stored
+        key = self._outcome_key(tenant, dedupe_key)
         value = retrying(lambda: self._redis.get(key), "outcome lookup")
         if value is None:
             return None
         ticket_id, kind, source = json.loads(value)
+        self._outcomes.put((tenant, dedupe_key), (ticket_id, kind, source))
         return ticket_id, kind, source
 
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None:
-        key = f"{self._ns}:outcome:{tenant}:{_digest(dedupe_key)}"
+        self._outcomes.put((tenant, dedupe_key), (ticket_id, kind, source))
         value = json.dumps([ticket_id, kind, source])
-        retrying(lambda: self._redis.set(key, value, ex=self._ttl), "outcome write")
+        self._queue("set", self._outcome_key(tenant, dedupe_key), value, ex=self._ttl)
 
 
-class RedisDedupeWindow:
-    """The dedupe window in Redis: same contract as `DedupeWindow`, shared by processes.
-
-    `check` reads the committed mark and keeps a pending one in this process (a
-    message's deliveries share its thread key, so they meet on one worker);
-    `commit_many` writes the marks of a stored batch in one pipeline, with a TTL
-    of the window.
-    """
-
-    def __init__(self, client: redis.Redis, namespace: str, window_seconds: float) -> None:
-        self._redis = client
-        self._ns = namespace
-        self._ttl_ms = max(1, int(window_seconds * 1000))
-        self._pending: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-
-    def _key(self, tenant: str, key: str) -> str:
-        return f"{self._ns}:dedupe:{tenant}:{_digest(key)}"
-
-    def check(self, tenant: str, key: str, source: str, event_time: datetime) -> Verdict:
-        with self._lock:
-            seen = self._pending.get((tenant, key))
-        if seen is None:
-            value = retrying(lambda: self._redis.get(self._key(tenant, key)), "dedupe check")
-            seen = value.decode() if value is not None else None
-        if seen is None:
-            with self._lock:
-                self._pending[(tenant, key)] = source
-            return "new"
-        return "reread" if seen == source else "duplicate"
-
-    def commit(self, tenant: str, key: str) -> None:
-        self.commit_many([(tenant, key)])
-
-    def commit_many(self, marks: Iterable[tuple[str, str]]) -> None:
-        with self._lock:
-            writes = [(mark, self._pending.pop(mark)) for mark in marks if mark in self._pending]
-        if not writes:
-            return
-
-        def write() -> Any:
-            pipe = self._redis.pipeline(transaction=False)
-            for (tenant, key), source in writes:
-                pipe.set(self._key(tenant, key), source, px=self._ttl_ms)
-            return pipe.execute()
-
-        retrying(write, "dedupe commit")
-
-    def forget(self, tenant: str, key: str) -> None:
-        with self._lock:
-            self._pending.pop((tenant, key), None)
-
-    def snapshot(self) -> list[tuple[str, str, str, float]]:
-        return []  # committed marks live in Redis, not in the snapshot
-
-    def restore(self, marks: list[tuple[str, str, str, float]]) -> None:
-        return None
+def _ticket_from_json(document: bytes | str) -> TicketInfo:
+    data = json.loads(document)
+    return TicketInfo(
+        ticket_id=data["ticket_id"],
+        tenant=data["tenant"],
+        first_sent_at=data["first_sent_at"],
+        first_message_id=data["first_message_id"],
+        requester=data["requester"],
+        participants=set(data["participants"]),
+    )

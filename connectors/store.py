@@ -21,15 +21,16 @@ import json
 import logging
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ticketflow.model import DeadLetter, utc_now, format_timestamp
 from ticketflow.operators.enrich import clean_subject
-from ticketflow.operators.thread import TicketInfo, reply_address, thread_parents
+from ticketflow.operators.thread import Ledger, TicketInfo, reply_address, thread_parents
 from ticketflow.operators.subject import normalize_subject
 from ticketflow.outcome import Outcome
 
@@ -137,27 +138,90 @@ class StoreError(RuntimeError):
     """A store URL or database that cannot be used."""
 
 
-def open_store(url: str) -> SqliteStore:
-    """Open the store a URL names; only `sqlite:///PATH` is built in so far."""
+def open_store(url: str) -> TicketStore:
+    """Open the store a URL names: `sqlite:///PATH` or `postgresql://…` (also `postgres://…`).
+
+    A PostgreSQL URL may end in `?schema=NAME` to keep the tables in a schema of
+    their own. Raises `StoreError` for a URL of another form, a server that cannot
+    be reached, or a missing psycopg.
+    """
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            f"store URL {url!r}: the PostgreSQL store is not built yet; "
-            "use sqlite:///PATH.db"
-        )
+        return _open_postgres_store(url)
     raise StoreError(
         f"invalid store URL {url!r}: expected sqlite:///PATH.db "
-        "(three slashes, then a relative or absolute path)"
+        "(three slashes, then a relative or absolute path) or postgresql://USER@HOST:PORT/DATABASE"
     )
 
 
+def _open_postgres_store(url: str) -> TicketStore:
+    # Imported here, so that SQLite users need not install psycopg.
+    try:
+        from ticketflow.connectors.postgres_store import PostgresStore
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("psycopg"):
+            raise
+        raise StoreError(
+            "the PostgreSQL store needs psycopg 3, which is not installed; "
+            "run `pip install 'psycopg[binary]'`"
+        ) from exc
+    return PostgresStore(url)
+
+
 def store_error_is_transient(exc: BaseException) -> bool:
-    """Tell whether a store error may pass on retry: a locked or busy database, an I/O hiccup."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    message = str(exc).lower()
-    return any(word in message for word in ("locked", "busy", "disk i/o"))
+    """Tell whether a store error may pass on retry.
+
+    SQLite: a locked or busy database, an I/O hiccup. PostgreSQL: a lost or
+    refused connection, a deadlock, a serialization failure or a cancelled
+    statement (psycopg's `OperationalError` and its subclasses), and a row that
+    another writer created first (`UniqueViolation`). Each of these rolls the
+    whole batch back, so writing it again is safe.
+    """
+    if isinstance(exc, sqlite3.OperationalError):
+        message = str(exc).lower()
+        return any(word in message for word in ("locked", "busy", "disk i/o"))
+    # A psycopg error exists only once psycopg is imported; SQLite users never import it.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        return isinstance(exc, (psycopg.OperationalError, psycopg.errors.UniqueViolation))
+    return False
+
+
+class TicketStore(Ledger, Protocol):
+    """What every ticket store provides: the thread join's `Ledger`, batch writes and the CLI's reads.
+
+    `SqliteStore` and `PostgresStore` implement it with the same behaviour; the
+    store tests run against both.
+    """
+
+    def write(self, outcomes: Iterable[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction; idempotent."""
+        ...
+
+    def tickets(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Return every ticket in the design's ticket shape, ordered by tenant and key number."""
+        ...
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Return every dead letter with its source, reason, detail and header block."""
+        ...
+
+    def dead_letter_records(self) -> list[tuple[str, bytes]]:
+        """Return (source, original bytes) of every dead letter that kept its bytes."""
+        ...
+
+    def dead_letter_bytes(self, dead_letter_id: str) -> bytes | None:
+        """Return the original bytes kept with a dead letter."""
+        ...
+
+    def schema_version(self) -> int:
+        """Return the schema version the store is at."""
+        ...
+
+    def close(self) -> None:
+        """Close the store; it cannot be used afterwards."""
+        ...
 
 
 def key_prefix(tenant: str) -> str:
@@ -428,7 +492,8 @@ def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[st
     event = copy.event
     envelope = event["envelope"]
     tenant = outcome.tenant
-    ticket_id = outcome.ticket_id
+    # Another process may have merged this ticket since the decision was taken.
+    ticket_id = _resolve_alias(db, outcome.ticket_id)
 
     for old_id in outcome.merged_from:
         _merge_ticket(db, old_id, ticket_id, tenant, now)

@@ -73,7 +73,7 @@ class FlowContext:
     # Set when SIGTERM stops a run: held orphans then stay held (and in the
     # snapshot) instead of being released as if the input had ended.
     stopping: threading.Event = field(default_factory=threading.Event)
-    dedupe: Any = field(init=False)  # DedupeWindow, or RedisDedupeWindow for several processes
+    dedupe: DedupeWindow = field(init=False)
     index: ThreadIndex = field(init=False)
     limiter: AutoReplyLimiter = field(init=False)
 
@@ -88,11 +88,7 @@ class FlowContext:
         )
 
     def _use_redis(self) -> None:
-        from ticketflow.connectors.redis_state import (
-            RedisDedupeWindow,
-            RedisThreadState,
-            connect,
-        )
+        from ticketflow.connectors.redis_state import RedisThreadState, connect
 
         state = self.settings.state
         client = connect(state.redis_url)
@@ -100,12 +96,11 @@ class FlowContext:
         # see each other's messages as duplicates.
         store_id = self.store.store_id() if self.store is not None else "no-store"
         namespace = f"{state.namespace}:{store_id}"
-        self.dedupe = RedisDedupeWindow(client, namespace, self.settings.dedupe.window)
-        self.index = ThreadIndex(
-            self.settings,
-            self.store,
-            RedisThreadState(client, namespace, self.settings.threading.index_ttl),
-        )
+        # Messages in flight are caught by this process's own window; the shared
+        # outcome records in Redis catch deliveries that other processes decided.
+        self.dedupe = DedupeWindow(self.settings.dedupe.window, self.settings.dedupe.max_entries)
+        ttl = max(self.settings.threading.index_ttl, self.settings.dedupe.window)
+        self.index = ThreadIndex(self.settings, self.store, RedisThreadState(client, namespace, ttl))
 
 
 # -- parse ---------------------------------------------------------------------

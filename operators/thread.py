@@ -240,6 +240,9 @@ class ThreadState(Protocol):
     def set_alias(self, old_id: str, new_id: str) -> None: ...
     def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None: ...
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None: ...
+    def flush(self) -> None:
+        """Make this decision's writes visible to other processes."""
+        ...
 
 
 class MemoryThreadState:
@@ -304,6 +307,9 @@ class MemoryThreadState:
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None:
         self._outcomes[(tenant, dedupe_key)] = (ticket_id, kind, source)
 
+    def flush(self) -> None:
+        return None
+
 
 @dataclass(frozen=True)
 class _Evidence:
@@ -339,21 +345,25 @@ class ThreadIndex:
         not open one.
         """
         with self._lock:
-            event = copy.event
-            evidence = self._evidence(copy)
+            try:
+                return self._decide(copy, dedupe_key, allow_open)
+            finally:
+                self._state.flush()
 
-            if evidence.tickets:
-                return self._join(copy, dedupe_key, evidence)
+    def _decide(self, copy: TenantCopy, dedupe_key: str, allow_open: bool) -> Outcome | None:
+        evidence = self._evidence(copy)
+        if evidence.tickets:
+            return self._join(copy, dedupe_key, evidence)
 
-            if not allow_open and self._may_be_orphan(event):
-                return None
+        if not allow_open and self._may_be_orphan(copy.event):
+            return None
 
-            if copy.automatic is not None:
-                return self._suppress(copy, dedupe_key, copy.automatic)
-            if copy.bulk_suppressed:
-                return self._suppress(copy, dedupe_key, copy.bulk or "bulk")
+        if copy.automatic is not None:
+            return self._suppress(copy, dedupe_key, copy.automatic)
+        if copy.bulk_suppressed:
+            return self._suppress(copy, dedupe_key, copy.bulk or "bulk")
 
-            return self._open(copy, dedupe_key, evidence.unknown_keys)
+        return self._open(copy, dedupe_key, evidence.unknown_keys)
 
     def replay_stored(self, copy: TenantCopy, dedupe_key: str) -> Outcome | str | None:
         """Check whether this exact message was decided before (this run) or stored (earlier runs).
@@ -506,12 +516,12 @@ class ThreadIndex:
             target.participants |= info.participants
 
         self._fold(folded, target.ticket_id)
+        self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded", event["source"])
         taken = self._index_message(copy, target, evidence.unknown_keys)
         if taken:
             # Another process opened a ticket for this thread meanwhile: fold it in too.
             return self._join(copy, dedupe_key, _with_tickets(evidence, taken, target.ticket_id, method))
 
-        self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded", event["source"])
         return Outcome(
             kind="threaded",
             source=event["source"],
@@ -538,13 +548,13 @@ class ThreadIndex:
         )
         self._state.put_ticket(info)
         self._state.claim_ref(copy.tenant, f"token:{reply_token(info.ticket_id)}", info.ticket_id)
+        self._state.set_outcome(copy.tenant, dedupe_key, info.ticket_id, "created", event["source"])
         taken = self._index_message(copy, info, unknown_keys)
         if taken:
             # Another process opened a ticket for this thread meanwhile: join it instead.
             evidence = _Evidence({}, unknown_keys)
             return self._join(copy, dedupe_key, _with_tickets(evidence, taken, info.ticket_id, "references"))
 
-        self._state.set_outcome(copy.tenant, dedupe_key, info.ticket_id, "created", event["source"])
         return Outcome(
             kind="created",
             source=event["source"],
@@ -601,16 +611,18 @@ class ThreadIndex:
         envelope = event["envelope"]
         tenant = copy.tenant
 
-        ids = [envelope["message_id"], *thread_parents(event)]
-        taken = self._state.claim_ids(tenant, ids, info.ticket_id)
+        # Every write comes before the claim, so a shared state can send them all
+        # in the claim's round trip.
         for key in unknown_keys:
             self._state.claim_ref(tenant, key, info.ticket_id)
-
         info.participants.add(envelope["from"])
         self._state.put_ticket(info)
         normalized = normalize_subject(envelope["subject"])
         if normalized and envelope["from"]:
             self._state.note_subject(tenant, envelope["from"], normalized, info.ticket_id, event["received_at"])
+
+        ids = [envelope["message_id"], *thread_parents(event)]
+        taken = self._state.claim_ids(tenant, ids, info.ticket_id)
 
         others = {}
         for message_id, holder in taken.items():

@@ -3,7 +3,6 @@ import pytest
 
 from ticketflow.config import Settings
 from ticketflow.connectors.redis_state import (
-    RedisDedupeWindow,
     RedisThreadState,
     RedisUnavailable,
     connect,
@@ -47,24 +46,27 @@ def test_concurrent_open_turns_into_a_join(redis_namespace):
     assert joined.ticket_id == ticket_id_for("acme", "<p@x>")
 
 
-def test_dedupe_window_is_shared_between_processes(redis_namespace):
+def test_second_delivery_is_duplicate_in_another_process(redis_namespace):
     client = connect(REDIS_URL)
-    first = RedisDedupeWindow(client, redis_namespace, 3600)
-    second = RedisDedupeWindow(client, redis_namespace, 3600)
-    assert first.check("acme", "k", "/a.eml", T0) == "new"
-    first.commit_many([("acme", "k")])
-    assert second.check("acme", "k", "/b.eml", T0) == "duplicate"
-    assert second.check("acme", "k", "/a.eml", T0) == "reread"
+    process_a = ThreadIndex(Settings(), state=RedisThreadState(client, redis_namespace, 3600))
+    process_b = ThreadIndex(Settings(), state=RedisThreadState(client, redis_namespace, 3600))
+    first = make_copy(make_event("<m@x>", source="/a.eml"))
+    again = make_copy(make_event("<m@x>", source="/b.eml"))
+
+    assert process_a.replay_stored(first, "k") is None
+    assert process_a.decide(first, "k", allow_open=True).kind == "created"
+    assert process_b.replay_stored(again, "k") == "duplicate"
+    assert process_b.replay_stored(first, "k").kind == "created"
 
 
-def test_dedupe_mark_waits_for_commit(redis_namespace):
+def test_merge_seen_by_another_process_at_once(redis_namespace):
     client = connect(REDIS_URL)
-    window = RedisDedupeWindow(client, redis_namespace, 3600)
-    window.check("acme", "k", "/a.eml", T0)
-    assert client.get(f"{redis_namespace}:dedupe:acme:" + "x") is None
-    assert not list(client.scan_iter(f"{redis_namespace}:dedupe:*"))
-    window.commit_many([("acme", "k")])
-    assert len(list(client.scan_iter(f"{redis_namespace}:dedupe:*"))) == 1
+    state_a = RedisThreadState(client, redis_namespace, 3600)
+    state_b = RedisThreadState(client, redis_namespace, 3600)
+    state_a.claim_ids("acme", ["<a@x>"], "tkt_old")
+    state_a.set_alias("tkt_old", "tkt_new")
+    state_a.flush()
+    assert state_b.tickets_for_ids("acme", ["<a@x>"]) == {"<a@x>": "tkt_new"}
 
 
 def test_entries_carry_the_ttl(redis_namespace):

@@ -1,21 +1,20 @@
+"""The store's behaviour, the same for SQLite and PostgreSQL: each test runs against both.
+
+The `backend` and `store` fixtures (see conftest.py) give each test a fresh
+SQLite file or a fresh PostgreSQL schema, dropped afterwards.
+"""
+
 import itertools
-import sqlite3
 
 import pytest
 
-from ticketflow.connectors.store import MIGRATIONS, SqliteStore, StoreError, key_prefix, open_store
+from ticketflow.connectors.store import StoreError, key_prefix, open_store
 from ticketflow.model import DeadLetter
+from ticketflow.operators.subject import normalize_subject
 from ticketflow.outcome import Outcome
 from tests.factories import join_all, make_copy, make_event
 
 T = "2026-04-30T12:{:02d}:00Z"
-
-
-@pytest.fixture
-def store(tmp_path):
-    opened = SqliteStore(tmp_path / "tickets.db")
-    yield opened
-    opened.close()
 
 
 def thread_events():
@@ -45,10 +44,10 @@ def test_thread_is_stored_as_one_ticket(store):
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
-def test_stored_tickets_do_not_depend_on_order(tmp_path, order):
-    reference = SqliteStore(tmp_path / "reference.db")
+def test_stored_tickets_do_not_depend_on_order(backend, order):
+    reference = backend.open()
     join_all([make_copy(e) for e in thread_events()], store=reference)
-    shuffled = SqliteStore(tmp_path / "shuffled.db")
+    shuffled = backend.open()
     events = thread_events()
     join_all([make_copy(events[i]) for i in order], store=shuffled)
     assert comparable(shuffled.tickets()) == comparable(reference.tickets())
@@ -134,32 +133,116 @@ def test_dead_letter_stored_once(store):
     assert store.dead_letter_bytes(letters[0]["dead_letter_id"]) == b"\x00junk"
 
 
-def test_migrations_run_once(tmp_path):
-    path = tmp_path / "m.db"
-    SqliteStore(path).close()
-    reopened = SqliteStore(path)
-    assert reopened.schema_version() == len(MIGRATIONS)
+def test_migrations_run_once(backend):
+    url = backend.fresh_url()
+    open_store(url).close()
+    reopened = backend.open(url)
+    assert reopened.schema_version() == len(backend.migrations)
     reopened.close()
 
 
-def test_newer_schema_is_rejected(tmp_path):
-    path = tmp_path / "m.db"
-    SqliteStore(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO schema_version VALUES (99)")
+def test_newer_schema_is_rejected(backend):
+    url = backend.fresh_url()
+    open_store(url).close()
+    backend.add_schema_version(url, 99)
     with pytest.raises(StoreError, match="schema version 99, newer than"):
-        SqliteStore(path)
+        open_store(url)
+
+
+def dead_letter_outcome(letter):
+    return Outcome(kind="dead_letter", source=letter.source, reason=letter.reason, dead_letter=letter)
+
+
+def test_batch_numbers_new_tickets_in_send_order(store):
+    events = [make_event(f"<m{n}@x>", received_at=T.format(n), subject=f"Issue {n}") for n in range(4)]
+    outcomes = join_all([make_copy(e) for e in events])
+    store.write(list(reversed(outcomes)))
+    keys = {ticket["messages"][0]["message_id"]: ticket["key"] for ticket in store.tickets()}
+    assert keys == {"<m0@x>": "ACME-1", "<m1@x>": "ACME-2", "<m2@x>": "ACME-3", "<m3@x>": "ACME-4"}
+
+
+def test_keys_continue_across_batches(store):
+    events = [make_event(f"<m{n}@x>", received_at=T.format(n), subject=f"Issue {n}") for n in range(3)]
+    outcomes = join_all([make_copy(e) for e in events])
+    store.write(outcomes[:2])
+    store.write(outcomes[2:])
+    store.write(outcomes)
+    assert sorted(ticket["key"] for ticket in store.tickets()) == ["ACME-1", "ACME-2", "ACME-3"]
+
+
+def test_dead_letter_is_cleared_when_its_source_gets_through(store):
+    letter = DeadLetter("/corpus/a.eml", "parser_error", "ValueError: boom", "Subject: x\n", b"raw")
+    store.write([dead_letter_outcome(letter)])
+    assert [entry["source"] for entry in store.dead_letters()] == ["/corpus/a.eml"]
+
+    join_all([make_copy(make_event("<a@x>", source="/corpus/a.eml"))], store=store)
+    assert store.dead_letters() == []
+    assert len(store.tickets()) == 1
+
+
+@pytest.mark.parametrize("letter_first, remaining", [(True, 0), (False, 1)])
+def test_dead_letter_clearing_follows_batch_order(store, letter_first, remaining):
+    letter = DeadLetter("/corpus/a.eml", "parser_error", "ValueError: boom", "", b"raw")
+    success = join_all([make_copy(make_event("<a@x>", source="/corpus/a.eml"))])
+    batch = [dead_letter_outcome(letter), *success] if letter_first else [*success, dead_letter_outcome(letter)]
+    store.write(batch)
+    assert len(store.dead_letters()) == remaining
+
+
+def test_dead_letter_records_skip_letters_without_bytes(store):
+    kept = DeadLetter("/corpus/a.eml", "not_email", "no header block", "", b"abc")
+    too_large = DeadLetter("/corpus/b.eml", "too_large", "over the limit", "Subject: big\n", b"")
+    store.write([dead_letter_outcome(kept), dead_letter_outcome(too_large)])
+    assert store.dead_letter_records() == [("/corpus/a.eml", b"abc")]
+    assert sorted(entry["size"] for entry in store.dead_letters()) == [0, 3]
+    assert store.dead_letter_bytes("no-such-id") is None
+
+
+def test_earlier_message_renames_ticket_and_keeps_key(store):
+    reply = make_event("<r@x>", subject="Re: Outage", received_at=T.format(5), in_reply_to="<p@x>")
+    join_all([make_copy(reply)], store=store)
+    before = store.tickets()[0]
+
+    parent = make_event("<p@x>", subject="Outage", received_at=T.format(0))
+    join_all([make_copy(parent)], store=store)
+    tickets = store.tickets()
+    assert len(tickets) == 1
+    after = tickets[0]
+    assert after["key"] == before["key"]
+    assert after["ticket_id"] != before["ticket_id"]
+    assert [message["message_id"] for message in after["messages"]] == ["<p@x>", "<r@x>"]
+    assert after["subject"] == "Outage"
+    assert store.ticket_info(before["ticket_id"]).ticket_id == after["ticket_id"]
+    assert store.ticket_for_ref("acme", before["key"]) == after["ticket_id"]
+
+
+def test_ledger_lookups_find_stored_message(store):
+    outcome = join_all([make_copy(thread_events()[0])], store=store)[0]
+    subject = normalize_subject("[P1] API timeout")
+    assert store.stored_message("acme", outcome.dedupe_key) == (outcome.source, outcome.ticket_id, "created")
+    assert store.stored_message("globex", outcome.dedupe_key) is None
+    assert store.tickets_for_ids("acme", ["<p@x>", "<unknown@x>"]) == {"<p@x>": outcome.ticket_id}
+    assert store.tickets_for_ids("globex", ["<p@x>"]) == {}
+    assert store.tickets_for_ids("acme", []) == {}
+    assert store.ticket_for_subject("acme", "alice@example.com", subject, T.format(0)) == outcome.ticket_id
+    assert store.ticket_for_subject("acme", "alice@example.com", subject, T.format(1)) is None
+    assert store.ticket_for_ref("acme", "ACME-1") == outcome.ticket_id
+    assert store.ticket_info("tkt_unknown") is None
+
+
+def test_tickets_filter_by_tenant(store):
+    events = [make_event(f"<m{n}@x>", received_at=T.format(n), subject=f"Issue {n}") for n in range(3)]
+    join_all([make_copy(events[0], tenant="acme"), make_copy(events[1], tenant="globex"),
+              make_copy(events[2], tenant="acme")], store=store)
+    assert [t["key"] for t in store.tickets("acme")] == ["ACME-1", "ACME-2"]
+    assert [t["key"] for t in store.tickets("globex")] == ["GLOBEX-1"]
+    assert store.tickets("initech") == []
 
 
 @pytest.mark.parametrize("url", ["sqlite:/x.db", "mysql://h/db", "tickets.db"])
 def test_bad_store_url_is_rejected(url):
     with pytest.raises(StoreError, match="invalid store URL"):
         open_store(url)
-
-
-def test_postgres_url_says_not_built():
-    with pytest.raises(StoreError, match="not built yet"):
-        open_store("postgresql://127.0.0.1/test")
 
 
 @pytest.mark.parametrize("tenant, prefix", [("acme", "ACME"), ("app1", "APP1"), ("a", "AX"),
