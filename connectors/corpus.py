@@ -187,13 +187,17 @@ class CorpusSource(FixedPartitionedSource[RawMessage, int]):
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        keys: dict[str, None] = {}
+        keys: dict[str, str] = {}
         for path in paths:
             corpus_kind(path)
-            keys[_absolute(Path(path))] = None
+            absolute = _absolute(Path(path))
+            keys[_printable(absolute)] = absolute
         if not keys:
             raise CorpusError(f"no corpus path given; expected {_EXPECTED}")
 
+        # Partition keys must be valid text for the recovery store; a path that is
+        # not valid UTF-8 is keyed by its escaped form and opened by its real one.
+        self._paths = keys
         self._keys = list(keys)
         self._batch_size = batch_size
         self._clock = clock
@@ -205,7 +209,7 @@ class CorpusSource(FixedPartitionedSource[RawMessage, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> CorpusPartition:
         """Open the corpus `for_part`, resuming after `resume_state` messages."""
         return CorpusPartition(
-            for_part,
+            self._paths.get(for_part, for_part),
             start=resume_state or 0,
             batch_size=self._batch_size,
             clock=self._clock,
@@ -246,7 +250,7 @@ class CorpusPartition(StatefulSourcePartition[RawMessage, int]):
 
 def _iter_entries(path: Path, kind: CorpusKind) -> Generator[tuple[str, bytes], None, None]:
     if kind == "mbox":
-        prefix = _absolute(path)
+        prefix = _printable(_absolute(path))
         for index, quoted in enumerate(_split_mbox(path)):
             yield f"{prefix}#{index}", _unquote_mboxrd(quoted)
         return
@@ -254,11 +258,11 @@ def _iter_entries(path: Path, kind: CorpusKind) -> Generator[tuple[str, bytes], 
     if kind == "file":
         raw = _read_corpus_file(path)
         if raw:
-            yield _absolute(path), raw
+            yield _printable(_absolute(path)), raw
         return
 
     for entry in _entry_paths(path, kind):
-        yield _absolute(entry), _read_entry(entry)
+        yield _printable(_absolute(entry)), _read_entry(entry)
 
 
 def _entry_paths(path: Path, kind: CorpusKind) -> list[Path]:
@@ -323,6 +327,19 @@ def _absolute(path: Path) -> str:
     A symlinked folder entry keeps its own name as its source, not its target's.
     """
     return os.path.abspath(path)
+
+
+def _printable(path: str) -> str:
+    """Return a path as valid text: bytes that are not UTF-8 become `\\xNN` escapes.
+
+    Sources travel in JSON and into the store, which reject the surrogates that
+    Python uses for such bytes in file names.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
 
 
 def _split_mbox(path: Path) -> Iterator[bytes]:

@@ -170,14 +170,13 @@ class RedisThreadState:
         self._redis = client
         self._ns = namespace
         self._ttl = max(1, int(ttl_seconds))
-        self._claim = client.register_script(_CLAIM_SCRIPT)
         self._lookup = client.register_script(_LOOKUP_SCRIPT)
-        self._note_subject = client.register_script(_NOTE_SUBJECT_SCRIPT)
         self._pending = client.pipeline(transaction=False)
         self._pending_count = 0
         self._ids = _Expiring(None, self.CACHE_ENTRIES, clock)
         self._refs = _Expiring(None, self.CACHE_ENTRIES, clock)
         self._outcomes = _Expiring(None, self.CACHE_ENTRIES, clock)
+        self._messages = _Expiring(None, self.CACHE_ENTRIES, clock)
         self._tickets = _Expiring(self.VOLATILE_SECONDS, self.CACHE_ENTRIES, clock)
         self._aliases = _Expiring(self.VOLATILE_SECONDS, self.CACHE_ENTRIES, clock)
 
@@ -232,7 +231,9 @@ class RedisThreadState:
         if not message_ids:
             return {}
         keys = [self._id_key(tenant, message_id) for message_id in message_ids]
-        self._pending.evalsha(self._claim.sha, len(keys), *keys, ticket_id, self._ttl)
+        # EVAL, not EVALSHA: a Redis that restarted has forgotten loaded scripts,
+        # and a pipeline cannot reload one halfway.
+        self._pending.eval(_CLAIM_SCRIPT, len(keys), *keys, ticket_id, self._ttl)
         answer = self._execute_with_claim()
 
         taken = {}
@@ -247,14 +248,23 @@ class RedisThreadState:
         self._pending = self._redis.pipeline(transaction=False)
         self._pending_count = 0
 
-        def run() -> list[Any]:
-            try:
-                return pending.execute()
-            except redis.exceptions.NoScriptError:
-                self._claim.sha = self._redis.script_load(_CLAIM_SCRIPT)
-                raise
-        results = retrying(run, "id claim")
+        results = retrying(pending.execute, "id claim")
         return list(results[-1])
+
+    def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
+        hit, holder = self._messages.get((tenant, message_id))
+        if hit:
+            return holder
+        key = f"{self._ns}:message:{tenant}:{_digest(message_id)}"
+        self._pending.set(key, dedupe_key, nx=True, ex=self._ttl)
+        self._pending.get(key)
+        pending = self._pending
+        self._pending = self._redis.pipeline(transaction=False)
+        self._pending_count = 0
+        results = retrying(pending.execute, "message claim")
+        holder = results[-1].decode() if results[-1] is not None else dedupe_key
+        self._messages.put((tenant, message_id), holder)
+        return holder
 
     # -- references, subjects, tickets, aliases, outcomes -----------------------------
 
@@ -285,7 +295,7 @@ class RedisThreadState:
 
     def note_subject(self, tenant: str, requester: str, subject: str, ticket_id: str, seen: str) -> None:
         key = self._subject_key(tenant, requester, subject)
-        self._queue("evalsha", self._note_subject.sha, 1, key, ticket_id, seen, self._ttl)
+        self._queue("eval", _NOTE_SUBJECT_SCRIPT, 1, key, ticket_id, seen, self._ttl)
 
     def ticket(self, ticket_id: str) -> TicketInfo | None:
         hit, info = self._tickets.get(ticket_id)

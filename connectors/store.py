@@ -131,6 +131,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE store_identity (store_id TEXT NOT NULL);
     INSERT INTO store_identity VALUES (lower(hex(randomblob(8))));
     """,
+    # 4: find stored messages by Message-ID, to notice one reused by other content.
+    """
+    CREATE INDEX messages_message_id ON messages (tenant, message_id);
+    """,
 )
 
 
@@ -189,7 +193,7 @@ def store_error_is_transient(exc: BaseException) -> bool:
 
 
 class TicketStore(Ledger, Protocol):
-    """What every ticket store provides: the thread join's `Ledger`, batch writes and the CLI's reads.
+    """The interface of every ticket store: the thread join's `Ledger`, batch writes, the CLI's reads.
 
     `SqliteStore` and `PostgresStore` implement it with the same behaviour; the
     store tests run against both.
@@ -217,6 +221,10 @@ class TicketStore(Ledger, Protocol):
 
     def schema_version(self) -> int:
         """Return the schema version the store is at."""
+        ...
+
+    def store_id(self) -> str:
+        """Return the store's random identity, made when its schema was created."""
         ...
 
     def close(self) -> None:
@@ -381,6 +389,16 @@ class SqliteStore:
                 (tenant, dedupe_key),
             ).fetchone()
         return (row[0], row[1], row[2]) if row else None
+
+    def message_holder(self, tenant: str, message_id: str, dedupe_key: str) -> str | None:
+        """Return the dedupe key of a stored message with this Message-ID other than `dedupe_key`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT dedupe_key FROM messages WHERE tenant = ? AND message_id = ? AND dedupe_key != ? "
+                "LIMIT 1",
+                (tenant, message_id, dedupe_key),
+            ).fetchone()
+        return row[0] if row else None
 
     # -- reading, for the CLI ---------------------------------------------------
 

@@ -31,6 +31,7 @@ arrives, `threading.orphan_wait` passes, or the input ends.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -43,6 +44,8 @@ from ticketflow.config import Settings
 from ticketflow.model import Event
 from ticketflow.operators.subject import has_reply_prefix, normalize_subject
 from ticketflow.outcome import Outcome, TenantCopy
+
+log = logging.getLogger(__name__)
 
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TOKEN_PATTERN = re.compile(r"\+t-([0-9a-f]{12})(?:$|[+.-])")
@@ -199,6 +202,10 @@ class Ledger(Protocol):
         """Return (source, ticket_id, outcome kind) of a message already stored."""
         ...
 
+    def message_holder(self, tenant: str, message_id: str, dedupe_key: str) -> str | None:
+        """Return the dedupe key of a stored message with this Message-ID other than `dedupe_key`."""
+        ...
+
 
 class NullLedger:
     """A ledger that knows nothing: for tests of a single run."""
@@ -216,6 +223,9 @@ class NullLedger:
         return None
 
     def stored_message(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
+        return None
+
+    def message_holder(self, tenant: str, message_id: str, dedupe_key: str) -> str | None:
         return None
 
 
@@ -238,6 +248,9 @@ class ThreadState(Protocol):
     def drop_ticket(self, ticket_id: str) -> None: ...
     def alias(self, ticket_id: str) -> str | None: ...
     def set_alias(self, old_id: str, new_id: str) -> None: ...
+    def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
+        """Record which message (dedupe key) holds a Message-ID; return the holder."""
+        ...
     def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None: ...
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None: ...
     def flush(self) -> None:
@@ -255,6 +268,10 @@ class MemoryThreadState:
         self._tickets: dict[str, TicketInfo] = {}
         self._aliases: dict[str, str] = {}
         self._outcomes: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._messages: dict[tuple[str, str], str] = {}
+
+    def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
+        return self._messages.setdefault((tenant, message_id), dedupe_key)
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
         found = {}
@@ -315,6 +332,8 @@ class MemoryThreadState:
 class _Evidence:
     tickets: dict[str, str]  # ticket id → method that found it
     unknown_keys: tuple[str, ...]
+    # Tickets the evidence named but the sender may not merge; their ids stay theirs.
+    declined: frozenset[str] = frozenset()
 
 
 class ThreadIndex:
@@ -351,6 +370,7 @@ class ThreadIndex:
                 self._state.flush()
 
     def _decide(self, copy: TenantCopy, dedupe_key: str, allow_open: bool) -> Outcome | None:
+        copy = self._unique_message_id(copy, dedupe_key)
         evidence = self._evidence(copy)
         if evidence.tickets:
             return self._join(copy, dedupe_key, evidence)
@@ -429,7 +449,59 @@ class ThreadIndex:
 
         # An id the ledger maps to a ticket it cannot load is no evidence.
         loadable = {ticket_id: method for ticket_id, method in found.items() if self._ticket(ticket_id)}
-        return _Evidence(loadable, tuple(unknown_keys))
+        declined: frozenset[str] = frozenset()
+        if len(loadable) > 1:
+            mergeable = self._mergeable(event, loadable)
+            declined = frozenset(loadable) - frozenset(mergeable)
+            loadable = mergeable
+        return _Evidence(loadable, tuple(unknown_keys), declined)
+
+    def _unique_message_id(self, copy: TenantCopy, dedupe_key: str) -> TenantCopy:
+        """Give a message whose Message-ID another message already holds an id of its own.
+
+        Two different messages with one Message-ID (a broken mailer, or someone
+        reusing an id to slip into a ticket) must not thread through it: the
+        first holder keeps the id, and the later one gets
+        `<original.HASH@reused.ticketflow.invalid>` and a `message_id_reused` defect.
+        """
+        tenant = copy.tenant
+        message_id = copy.event["envelope"]["message_id"]
+        holder = self._state.claim_message(tenant, message_id, dedupe_key)
+        if holder == dedupe_key:
+            holder = self._ledger.message_holder(tenant, message_id, dedupe_key)
+        if holder is None or holder == dedupe_key:
+            return copy
+
+        log.warning("message id %s reused by different content from %s; giving it its own id",
+                    message_id, copy.event["source"])
+        unique = f"<{message_id.strip('<>')}.{dedupe_key.rpartition('|')[2][:12]}@reused.ticketflow.invalid>"
+        event = dict(copy.event)
+        event["envelope"] = {**copy.event["envelope"], "message_id": unique}
+        event["defects"] = [
+            *copy.event["defects"],
+            {"code": "message_id_reused", "detail": f"{message_id} belongs to an earlier, different message"},
+        ]
+        return replace(copy, event=event)  # type: ignore[arg-type]
+
+    def _mergeable(self, event: Event, found: dict[str, str]) -> dict[str, str]:
+        """Keep the tickets this sender may merge: answering a message is not enough.
+
+        Message ids leak (quoted mail, forwarded headers), so a stranger whose
+        References name several customers' tickets must not fold them into one.
+        The ticket of the message it answers (In-Reply-To) is always kept; others
+        only when the sender takes part in them or shares their requester's
+        organization.
+        """
+        sender = event["envelope"]["from"]
+        kept = {
+            ticket_id: method
+            for ticket_id, method in found.items()
+            if method == "in_reply_to" or self._may_join_by_key(sender, self._ticket(ticket_id))
+        }
+        if kept:
+            return kept
+        first = min(found, key=lambda ticket_id: self._ticket(ticket_id).first)  # type: ignore[union-attr]
+        return {first: found[first]}
 
     def _find_by_headers(self, tenant: str, event: Event, found: dict[str, str]) -> None:
         envelope = event["envelope"]
@@ -517,7 +589,7 @@ class ThreadIndex:
 
         self._fold(folded, target.ticket_id)
         self._state.set_outcome(copy.tenant, dedupe_key, target.ticket_id, "threaded", event["source"])
-        taken = self._index_message(copy, target, evidence.unknown_keys)
+        taken = self._index_message(copy, target, evidence.unknown_keys, evidence.declined)
         if taken:
             # Another process opened a ticket for this thread meanwhile: fold it in too.
             return self._join(copy, dedupe_key, _with_tickets(evidence, taken, target.ticket_id, method))
@@ -600,12 +672,17 @@ class ThreadIndex:
                 self._state.drop_ticket(old)
 
     def _index_message(
-        self, copy: TenantCopy, info: TicketInfo, unknown_keys: Iterable[str]
+        self,
+        copy: TenantCopy,
+        info: TicketInfo,
+        unknown_keys: Iterable[str],
+        declined: frozenset[str] = frozenset(),
     ) -> dict[str, str]:
         """Index a message's ids, keys and subject under a ticket.
 
         Returns the ids that another ticket already holds (after following
-        merges), which proves that ticket is the same thread.
+        merges), which proves that ticket is the same thread; tickets in
+        `declined` were seen and deliberately not merged, so they do not count.
         """
         event = copy.event
         envelope = event["envelope"]
@@ -627,7 +704,7 @@ class ThreadIndex:
         others = {}
         for message_id, holder in taken.items():
             holder = self._resolve(holder)
-            if holder != info.ticket_id and self._ticket(holder) is not None:
+            if holder != info.ticket_id and holder not in declined and self._ticket(holder) is not None:
                 others[message_id] = holder
         return others
 
@@ -673,7 +750,7 @@ def _with_tickets(evidence: _Evidence, taken: dict[str, str], ticket_id: str, me
     tickets.setdefault(ticket_id, method)
     for holder in taken.values():
         tickets.setdefault(holder, "references")
-    return _Evidence(tickets, evidence.unknown_keys)
+    return _Evidence(tickets, evidence.unknown_keys, evidence.declined)
 
 
 def _seconds_before(timestamp: str, seconds: float) -> str:

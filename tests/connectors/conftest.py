@@ -34,7 +34,7 @@ class StoreBackend:
 
     def add_schema_version(self, url: str, version: int) -> None:
         """Record a schema version in the store, as a newer ticketflow would."""
-        self.execute(url, "INSERT INTO schema_version (version) VALUES ({})".format(int(version)), ())
+        self.execute(url, f"INSERT INTO schema_version (version) VALUES ({int(version)})", ())
 
     def close_all(self) -> None:
         for store in self.opened:
@@ -90,7 +90,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBac
 
 @pytest.fixture
 def store(backend: StoreBackend) -> TicketStore:
-    """A fresh, empty store of each kind."""
+    """Open a fresh, empty store of each kind."""
     return backend.open()
 
 

@@ -26,12 +26,12 @@ def store_url(schema: str) -> str:
 
 
 def require_postgres() -> None:
-    """Fail the test with what to start when the test server does not answer."""
+    """Fail the test, saying what to start, when the test server accepts no connection."""
     try:
         psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
     except psycopg.Error as exc:
         pytest.fail(
-            f"PostgreSQL does not answer at {POSTGRES_URL} ({exc}); start the server or set "
+            f"cannot connect to PostgreSQL at {POSTGRES_URL} ({exc}); start the server or set "
             "TICKETFLOW_TEST_POSTGRES_URL"
         )
 
@@ -58,7 +58,9 @@ def temporary_schemas() -> Iterator[Callable[[], str]]:
                 db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
-def execute_in_schema(schema: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+def execute_in_schema(
+    schema: str, statement: str, params: tuple[object, ...] = ()
+) -> list[tuple[object, ...]]:
     """Run one statement in a schema behind the store's back; return its rows, if any."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as db:
         db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))

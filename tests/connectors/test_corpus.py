@@ -663,3 +663,13 @@ def test_sample_corpus_has_only_intended_defects() -> None:
     for item in iter_corpus(SAMPLE_FOLDER):
         name = Path(item.source).name
         assert sample_defects(item.raw) == INTENDED_SAMPLE_DEFECTS.get(name, []), name
+
+
+def test_non_utf8_file_name_gives_printable_source(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = b"caf\xe9.eml"
+    (Path(bytes(folder) + b"/" + name)).write_bytes(b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n")
+    [message] = list(iter_corpus(folder))
+    assert message.source.endswith("caf\\xe9.eml")
+    message.source.encode("utf-8")

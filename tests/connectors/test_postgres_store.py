@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import socket
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +28,7 @@ from ticketflow.connectors.store import (
     store_error_is_transient,
 )
 from ticketflow.model import DeadLetter
+from ticketflow.operators.thread import Ledger
 from ticketflow.outcome import Outcome
 
 START = datetime(2026, 4, 30, 12, 0, tzinfo=UTC)
@@ -85,6 +87,13 @@ def test_invalid_schema_name_is_rejected(schema):
         open_store(f"{POSTGRES_URL}?schema={schema}")
 
 
+def test_missing_psycopg_is_a_store_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "ticketflow.connectors.postgres_store")
+    with pytest.raises(StoreError, match="needs psycopg 3"):
+        open_store(POSTGRES_URL)
+
+
 def test_store_location_keeps_other_parameters():
     conninfo, schema = store_location("postgresql://u@h:5433/db?sslmode=disable&schema=tf_a")
     assert schema == "tf_a"
@@ -111,8 +120,9 @@ def test_closed_store_rejects_use(pg_store):
 
 
 def test_stores_share_signatures():
-    names = [name for name in vars(TicketStore) if not name.startswith("_")]
-    names += ["tickets_for_ids", "ticket_for_ref", "ticket_for_subject", "ticket_info", "stored_message"]
+    names = [name for protocol in (TicketStore, Ledger) for name in vars(protocol) if not name.startswith("_")]
+    assert "write" in names
+    assert "tickets_for_ids" in names
     for name in names:
         expected = inspect.signature(getattr(TicketStore, name))
         assert inspect.signature(getattr(SqliteStore, name)) == expected, name
@@ -126,7 +136,7 @@ def mixed_copies():
     """Threads that merge, a rename, an auto-reply, review, two tenants and a foreign key."""
     return [
         make_copy(make_event("<a@x>", subject="[P1] Payments down", received_at=at(0))),
-        make_copy(make_event("<b@x>", subject="Refund", sender="ann@corp.example", received_at=at(1))),
+        make_copy(make_event("<b@x>", subject="Refund", received_at=at(1))),
         make_copy(make_event("<c@x>", subject="Re: [P1] Payments down", sender="bob@example.com",
                              received_at=at(2), in_reply_to="<a@x>", references=("<a@x>",))),
         make_copy(make_event("<ooo@x>", subject="Out of office", sender="carl@example.com",
@@ -149,7 +159,9 @@ def test_same_tickets_as_sqlite(tmp_path, pg_store):
         store.write([Outcome(kind="dead_letter", source=letter.source, reason=letter.reason, dead_letter=letter)])
 
     expected = sqlite_store.tickets()
-    assert len(expected) == 4
+    threads = sorted(sorted(m["message_id"] for m in ticket["messages"]) for ticket in expected)
+    assert ["<a@x>", "<b@x>", "<c@x>", "<d@x>", "<ooo@x>"] in threads
+    assert ["<p@x>", "<r@x>"] in threads
     assert pg_store.tickets() == expected
     assert pg_store.tickets("globex") == sqlite_store.tickets("globex")
 
@@ -242,6 +254,68 @@ def test_lost_connection_reconnects_on_retry(pg_store, caplog):
     assert "reconnecting" in caplog.text
 
 
+def test_server_error_in_batch_rolls_back(pg_store):
+    first = join_all([make_copy(make_event("<a@x>", received_at=at(0)))])
+    pg_store.write(first)
+    execute_in_schema(pg_store.schema, "UPDATE key_counters SET last_number = 0")
+    second = join_all([make_copy(make_event("<b@x>", subject="Other", received_at=at(1)))])
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        pg_store.write(second)
+    assert [t["key"] for t in pg_store.tickets()] == ["ACME-1"]
+    assert pg_store.stored_message("acme", second[0].dedupe_key) is None
+
+
+def test_real_deadlock_is_retried_whole(postgres_schemas):
+    """Two batches create the same two tickets in opposite orders; one is chosen to fail."""
+    url = store_url(postgres_schemas())
+    stores = [PostgresStore(url), PostgresStore(url)]
+    x = make_copy(make_event("<x@x>", subject="X", received_at=at(0)))
+    y = make_copy(make_event("<y@x>", subject="Y", received_at=at(1)))
+    forward = join_all([x, y])
+    backward = list(reversed(forward))
+    transient_errors: list[BaseException] = []
+
+    def note_transient(exc: BaseException) -> bool:
+        transient_errors.append(exc)
+        return store_error_is_transient(exc)
+
+    def write(store: PostgresStore, batch: list[Outcome]) -> None:
+        retry_transient(lambda: store.write(batch), is_transient=note_transient, what="write",
+                        sleep=lambda seconds: None)
+
+    # Holding messages lets each batch insert its first ticket row and then wait,
+    # so that each then needs the row the other inserted.
+    with psycopg.connect(POSTGRES_URL) as blocker:
+        blocker.execute(f"LOCK TABLE {stores[0].schema}.messages IN SHARE ROW EXCLUSIVE MODE")
+        writers = [
+            threading.Thread(target=write, args=(stores[0], forward)),
+            threading.Thread(target=write, args=(stores[1], backward)),
+        ]
+        for writer in writers:
+            writer.start()
+        waiting = 0
+        for _ in range(100):
+            rows = blocker.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'ticketflow' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            waiting = rows[0] if rows else 0
+            if waiting >= 2:
+                break
+            threading.Event().wait(0.02)
+        assert waiting >= 2
+    for writer in writers:
+        writer.join(timeout=30)
+
+    assert [type(exc) for exc in transient_errors] == [psycopg.errors.DeadlockDetected]
+    tickets = stores[0].tickets()
+    assert [t["key"] for t in tickets] == ["ACME-1", "ACME-2"]
+    assert [t["subject"] for t in tickets] == ["X", "Y"]
+    for store in stores:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "error, transient",
     [
@@ -271,7 +345,9 @@ def write_disjoint_tickets(url: str, worker: int, count: int, barrier: object) -
     barrier.wait()  # type: ignore[attr-defined]
     for start in range(0, len(outcomes), 5):
         batch = outcomes[start : start + 5]
-        retry_transient(lambda: store.write(batch), is_transient=store_error_is_transient, what="write")
+        retry_transient(
+            lambda batch=batch: store.write(batch), is_transient=store_error_is_transient, what="write"
+        )
     store.close()
 
 

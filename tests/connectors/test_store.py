@@ -94,7 +94,8 @@ def test_merge_keeps_both_keys_reachable(store):
         make_event("<b@x>", received_at=T.format(1), sender="ann@corp.example", subject="Other"),
     ]
     join_all([make_copy(e) for e in events], store=store)
-    bridge = make_event("<c@x>", received_at=T.format(2), references=("<a@x>", "<b@x>"))
+    bridge = make_event("<c@x>", received_at=T.format(2), references=("<a@x>", "<b@x>"),
+                        sender="ann@corp.example")
     join_all([make_copy(bridge)], store=store)
     tickets = store.tickets()
     assert len(tickets) == 1
@@ -170,7 +171,7 @@ def test_keys_continue_across_batches(store):
     assert sorted(ticket["key"] for ticket in store.tickets()) == ["ACME-1", "ACME-2", "ACME-3"]
 
 
-def test_dead_letter_is_cleared_when_its_source_gets_through(store):
+def test_dead_letter_cleared_when_source_succeeds(store):
     letter = DeadLetter("/corpus/a.eml", "parser_error", "ValueError: boom", "Subject: x\n", b"raw")
     store.write([dead_letter_outcome(letter)])
     assert [entry["source"] for entry in store.dead_letters()] == ["/corpus/a.eml"]

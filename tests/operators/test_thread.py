@@ -252,3 +252,34 @@ def test_foreign_key_is_kept_per_organization(order):
     outcomes = join_all([make_copy(events[i]) for i in order])
     tickets = sorted(tickets_of(outcomes).values(), key=sorted)
     assert tickets == [{"<a@x>", "<b@x>"}, {"<c@x>"}]
+
+
+def test_stranger_cannot_merge_tickets_by_references():
+    first = make_event("<a@x>", received_at=T.format(0), sender="ann@one.example")
+    second = make_event("<b@x>", received_at=T.format(1), sender="bob@two.example", subject="Other")
+    probe = make_event("<c@x>", received_at=T.format(2), sender="eve@evil.example",
+                       references=("<a@x>", "<b@x>"))
+    outcomes = join_all([make_copy(first), make_copy(second), make_copy(probe)])
+    assert outcomes[2].merged_from == ()
+    assert len(tickets_of(outcomes)) == 2
+
+
+def test_reply_from_stranger_still_joins_the_message_it_answers():
+    first = make_event("<a@x>", received_at=T.format(0), sender="ann@one.example")
+    second = make_event("<b@x>", received_at=T.format(1), sender="bob@two.example", subject="Other")
+    reply = make_event("<c@x>", received_at=T.format(2), sender="new@three.example",
+                       in_reply_to="<b@x>", references=("<a@x>", "<b@x>"))
+    outcomes = join_all([make_copy(first), make_copy(second), make_copy(reply)])
+    assert outcomes[2].ticket_id == outcomes[1].ticket_id
+    assert outcomes[2].merged_from == ()
+
+
+def test_reused_message_id_does_not_join_the_victim():
+    victim = make_event("<same@x>", received_at=T.format(0), sender="eve@one.example", text="real")
+    injected = make_event("<same@x>", received_at=T.format(1), sender="mallory@two.example", text="fake",
+                          source="/other.eml")
+    outcomes = join_all([make_copy(victim), make_copy(injected)])
+    assert [o.kind for o in outcomes] == ["created", "created"]
+    event = outcomes[1].copy.event
+    assert event["envelope"]["message_id"].endswith("@reused.ticketflow.invalid>")
+    assert [d["code"] for d in event["defects"]] == ["message_id_reused"]
