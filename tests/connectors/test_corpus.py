@@ -668,8 +668,8 @@ def test_sample_corpus_has_only_intended_defects() -> None:
 def test_non_utf8_file_name_gives_printable_source(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    name = b"caf\xe9.eml"
-    (Path(bytes(folder) + b"/" + name)).write_bytes(b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n")
+    with open(os.fsencode(folder) + b"/caf\xe9.eml", "wb") as handle:
+        handle.write(b"From: a@x\r\nSubject: s\r\n\r\nbody\r\n")
     [message] = list(iter_corpus(folder))
     assert message.source.endswith("caf\\xe9.eml")
     message.source.encode("utf-8")
