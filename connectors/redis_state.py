@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from ticketflow.config import mask_url_password
 from ticketflow.connectors.retry import retry_transient
 from ticketflow.operators.thread import TicketInfo
 
@@ -98,8 +99,10 @@ def connect(url: str) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
+        reason = str(exc).rstrip(".")
         raise RedisUnavailable(
-            f"cannot reach Redis at state.redis_url = {url!r}: {exc}; start Redis or fix the URL"
+            f"cannot use Redis at {mask_url_password(url)!r} ([state] redis_url): {reason}. "
+            "Start Redis or fix the URL"
         ) from exc
     return client
 

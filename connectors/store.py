@@ -142,15 +142,22 @@ class StoreError(RuntimeError):
     """A store URL or database that cannot be used."""
 
 
-def open_store(url: str) -> TicketStore:
+def open_store(url: str, *, existing: bool = False) -> TicketStore:
     """Open the store a URL names: `sqlite:///PATH` or `postgresql://…` (also `postgres://…`).
 
     A PostgreSQL URL may end in `?schema=NAME` to keep the tables in a schema of
-    their own. Raises `StoreError` for a URL of another form, a server that cannot
-    be reached, or a missing psycopg.
+    their own. With `existing`, a SQLite file that does not exist yet is an error
+    instead of a new empty store (for commands that only read). Raises
+    `StoreError` for a URL of another form, a server that cannot be reached, or a
+    missing psycopg.
     """
     if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+        path = Path(url.removeprefix("sqlite:///"))
+        if existing and not path.exists():
+            raise StoreError(
+                f"no store at {path}: run `ticketflow run --store {url}` first, or check --store"
+            )
+        return SqliteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
         return _open_postgres_store(url)
     raise StoreError(
@@ -261,10 +268,14 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"cannot use {path} as a ticket store: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""

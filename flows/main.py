@@ -30,7 +30,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from ticketflow.config import Settings
+from ticketflow.config import Settings, state_redis_url
 from ticketflow.connectors.retry import retry_transient
 from ticketflow.connectors.store import store_error_is_transient
 from ticketflow.model import DeadLetter, Event, RawMessage
@@ -78,7 +78,7 @@ class FlowContext:
     limiter: AutoReplyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.settings.state.redis_url:
+        if self.settings.state.redis_url or self.settings.state.redis_url_env:
             self._use_redis()
         else:
             self.dedupe = DedupeWindow(self.settings.dedupe.window, self.settings.dedupe.max_entries)
@@ -91,7 +91,7 @@ class FlowContext:
         from ticketflow.connectors.redis_state import RedisThreadState, connect
 
         state = self.settings.state
-        client = connect(state.redis_url)
+        client = connect(state_redis_url(state))
         # Redis state belongs to one store: two stores sharing a namespace would
         # see each other's messages as duplicates.
         store_id = self.store.store_id() if self.store is not None else "no-store"

@@ -154,6 +154,10 @@ def tenants_for(event: Mapping[str, Any], routing: RoutingSettings) -> list[str]
     3. Every To and Cc address on an inbound domain.
     4. `routing.default_tenant`.
 
+    When `routing.allowed_tenants` is set, a tenant outside it does not count
+    (the next rule applies), and one message makes at most
+    `routing.max_tenants_per_message` copies.
+
     From an address, the tenant is the local part up to the first "-" or "+",
     lowercased: "app1-support@…" and "acme+billing@…" give "app1" and "acme". A
     tenant id must be 1 to 64 characters of a-z, 0-9, "_", "." and "-", starting
@@ -166,23 +170,30 @@ def tenants_for(event: Mapping[str, Any], routing: RoutingSettings) -> list[str]
     ['app1']
     """
     tenant = _tenant_id(header_value(event, "X-Tenant-Id") or "")
-    if tenant:
+    if tenant and _allowed([tenant], routing):
         return [tenant]
 
     for name in ("Delivered-To", "X-Original-To"):
         addresses = [address for _, address in getaddresses([header_value(event, name) or ""])]
-        tenants = _tenants_from_addresses(addresses, routing)
+        tenants = _allowed(_tenants_from_addresses(addresses, routing), routing)
         if tenants:
             return tenants
 
     recipients = _address_list(envelope_field(event, "to")) + _address_list(
         envelope_field(event, "cc")
     )
-    tenants = _tenants_from_addresses(recipients, routing)
+    tenants = _allowed(_tenants_from_addresses(recipients, routing), routing)
     if tenants:
         return tenants
 
     return [routing.default_tenant]
+
+
+def _allowed(tenants: list[str], routing: RoutingSettings) -> list[str]:
+    """Keep the tenants `routing.allowed_tenants` permits, at most `max_tenants_per_message`."""
+    if routing.allowed_tenants:
+        tenants = [tenant for tenant in tenants if tenant in routing.allowed_tenants]
+    return tenants[: routing.max_tenants_per_message]
 
 
 def tenant_from_address(address: str) -> str | None:

@@ -98,3 +98,29 @@ def test_kafka_env_must_name_ticketflow_variable():
 def test_redis_url_scheme_checked():
     with pytest.raises(ConfigError, match=r"'state.redis_url'.*use redis://HOST:PORT/DB"):
         settings_from_mapping({"state": {"redis_url": "localhost:6379"}})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e20])
+def test_durations_must_be_finite_and_bounded(value):
+    with pytest.raises(ConfigError, match="'threading.orphan_wait'"):
+        settings_from_mapping({"threading": {"orphan_wait": value}})
+
+
+def test_redis_password_must_not_live_in_file():
+    with pytest.raises(ConfigError, match=r"'state.redis_url' .*contains a password.*redis_url_env") as raised:
+        settings_from_mapping({"state": {"redis_url": "redis://user:hunter2@127.0.0.1:6379/0"}})
+    assert "hunter2" not in str(raised.value)
+
+
+def test_redis_url_from_environment():
+    from ticketflow.config import state_redis_url
+
+    settings = settings_from_mapping({"state": {"redis_url_env": "TICKETFLOW_REDIS_URL"}})
+    assert state_redis_url(settings.state, {"TICKETFLOW_REDIS_URL": "redis://:pw@h:1/0"}) == "redis://:pw@h:1/0"
+    with pytest.raises(ConfigError, match="TICKETFLOW_REDIS_URL, which is not set"):
+        state_redis_url(settings.state, {})
+
+
+def test_jaas_config_counts_as_secret():
+    with pytest.raises(ConfigError, match="looks like a secret"):
+        settings_from_mapping({"kafka": {"sasl.jaas.config": "x password=y"}})

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     parse = commands.add_parser("parse", help="print the event JSON of one message file")
-    parse.add_argument("file", type=Path, help="an RFC 5322 message, e.g. a .eml file")
+    parse.add_argument("file", help="an RFC 5322 message, e.g. a .eml file; - reads standard input")
     parse.set_defaults(handler=_cmd_parse)
 
     run = commands.add_parser("run", help="run the main job on a source")
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="TOML config file (defaults work for the demo)")
     run.add_argument("--store", default=DEFAULT_STORE_URL, help=f"ticket store URL (default {DEFAULT_STORE_URL})")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON on the last line")
+    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="log each step to stderr")
     run.add_argument(
         "--drain", action="store_true",
         help="for Kafka: stop once every partition reaches the end offset it had at start "
@@ -117,9 +119,20 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_parse(args: argparse.Namespace) -> int:
     from ticketflow.operators.parse import UnparseableMessage, parse_message
 
-    raw = args.file.read_bytes()
+    if args.file == "-":
+        raw, source = sys.stdin.buffer.read(), "stdin"
+    else:
+        path = Path(args.file)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read {path}: {exc.strerror}; give one message file "
+                "(a folder, mbox or Maildir goes to `ticketflow run --input`)"
+            ) from exc
+        source = str(path.resolve())
     try:
-        event = parse_message(raw, source=str(args.file.resolve()), ingested_at=utc_now())
+        event = parse_message(raw, source=source, ingested_at=utc_now())
     except UnparseableMessage as exc:
         print(f"ticketflow: {args.file} is not a parseable message: {exc.reason} ({exc.detail})", file=sys.stderr)
         return 1
@@ -133,7 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _check_run_arguments(args, settings)
     if args.processes > 1:
-        return _run_cluster(args)
+        return _run_cluster(args, settings)
 
     if args.recovery_dir is not None and args.process_id is None:
         prepare_recovery(args.recovery_dir, args.workers)
@@ -164,16 +177,21 @@ def _check_run_arguments(args: argparse.Namespace, settings: Any) -> None:
     if args.snapshot_interval <= 0:
         raise ValueError(f"--snapshot-interval {args.snapshot_interval}: use a positive number of seconds")
     several = args.processes > 1 or args.addresses is not None
-    if several and not settings.state.redis_url:
+    if several and not (settings.state.redis_url or settings.state.redis_url_env):
         raise ValueError(
             "more than one process needs shared state: set [state] redis_url in the config "
             "(e.g. redis_url = \"redis://127.0.0.1:6379/0\")"
         )
 
 
-def _run_cluster(args: argparse.Namespace) -> int:
+def _run_cluster(args: argparse.Namespace, settings: Any) -> int:
     from ticketflow.cluster import ClusterError, run_cluster
+    from ticketflow.config import state_redis_url
+    from ticketflow.connectors.redis_state import connect
     from ticketflow.runner import prepare_recovery
+
+    # Fail once, here, rather than once per process.
+    connect(state_redis_url(settings.state)).close()
 
     if args.recovery_dir is not None:
         prepare_recovery(args.recovery_dir, args.processes * args.workers)
@@ -192,7 +210,9 @@ def _run_cluster(args: argparse.Namespace) -> int:
     global_arguments = ["-v"] if args.verbose else []
 
     try:
-        counts = run_cluster(child_arguments, args.processes, global_arguments)
+        counts = run_cluster(
+            child_arguments, args.processes, global_arguments, resumable=args.recovery_dir is not None
+        )
     except ClusterError as exc:
         print(f"ticketflow: error: {exc}", file=sys.stderr)
         return 1
@@ -208,7 +228,7 @@ def _print_summary(counts: dict[str, int], as_json: bool) -> None:
 
 
 def _cmd_tickets(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, existing=True)
     try:
         tickets = store.tickets(args.tenant)
     finally:
@@ -224,7 +244,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     if args.input:
         letters = _topic_dead_letters(args, with_values=False)
     else:
-        store = open_store(args.store)
+        store = open_store(args.store, existing=True)
         try:
             letters = store.dead_letters()
         finally:
@@ -266,10 +286,8 @@ def _redrive_topic(args: argparse.Namespace) -> dict[str, Any]:
 
     settings = load_settings(args.config)
     address = parse_kafka_url(args.input)
-    letters = [
-        letter for letter in _topic_dead_letters(args, with_values=True)
-        if letter["value"] and (args.reason is None or letter["reason"] == args.reason)
-    ]
+    chosen = _with_reason(_topic_dead_letters(args, with_values=True), args.reason)
+    letters = [letter for letter in chosen if letter["value"]]
     records = [
         (letter["value"], {"ticketflow-redriven-from": letter["source"]}) for letter in letters
     ]
@@ -278,7 +296,18 @@ def _redrive_topic(args: argparse.Namespace) -> dict[str, Any]:
         settings=settings.kafka.client_settings(),
         max_message_bytes=settings.limits.max_message_bytes,
     )
-    return {"redriven": sent, "topic": address.topic}
+    return {"redriven": sent, "skipped_without_bytes": len(chosen) - len(letters), "topic": address.topic}
+
+
+def _with_reason(letters: list[dict[str, Any]], reason: str | None) -> list[dict[str, Any]]:
+    """Keep the dead letters with this reason; an unknown reason is an error listing the known ones."""
+    if reason is None:
+        return letters
+    chosen = [letter for letter in letters if letter["reason"] == reason]
+    if not chosen:
+        present = sorted({letter["reason"] for letter in letters}) or ["none"]
+        raise ValueError(f"--reason {reason}: no dead letter has it; reasons present: {', '.join(present)}")
+    return chosen
 
 
 def _redrive_store(args: argparse.Namespace) -> dict[str, Any]:
@@ -287,20 +316,25 @@ def _redrive_store(args: argparse.Namespace) -> dict[str, Any]:
     from ticketflow.runner import run_flow
 
     settings = load_settings(args.config)
-    store = open_store(args.store)
+    store = open_store(args.store, existing=True)
     try:
-        letters = store.dead_letters()
-        reasons = {letter["source"]: letter["reason"] for letter in letters}
+        chosen = {letter["source"] for letter in _with_reason(store.dead_letters(), args.reason)}
         records = [
             RawMessage(source=source, raw=raw)
             for source, raw in store.dead_letter_records()
-            if args.reason is None or reasons.get(source) == args.reason
+            if source in chosen
         ]
         summary = run_flow("redrive", settings, store, source=RecordsSource(records))
         remaining = len(store.dead_letters())
     finally:
         store.close()
-    return {"redriven": len(records), **summary.as_dict(), "dead_letters_left": remaining}
+    # Letters without their bytes (too_large, empty) cannot be sent again: rerun their source.
+    return {
+        "redriven": len(records),
+        "skipped_without_bytes": len(chosen) - len(records),
+        **summary.as_dict(),
+        "dead_letters_left": remaining,
+    }
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -65,7 +65,10 @@ def child_command(
 
 
 def run_cluster(
-    run_arguments: Sequence[str], processes: int, global_arguments: Sequence[str] = ()
+    run_arguments: Sequence[str],
+    processes: int,
+    global_arguments: Sequence[str] = (),
+    resumable: bool = False,
 ) -> dict[str, int]:
     """Run `processes` children to completion and return their summed summary.
 
@@ -93,7 +96,7 @@ def run_cluster(
     for number in previous:
         signal.signal(number, forward)
     try:
-        outputs = _wait_all(children)
+        outputs = _wait_all(children, resumable)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -101,7 +104,7 @@ def run_cluster(
     return _sum_summaries(outputs)
 
 
-def _wait_all(children: list[subprocess.Popen[str]]) -> list[str]:
+def _wait_all(children: list[subprocess.Popen[str]], resumable: bool) -> list[str]:
     outputs: list[str | None] = [None] * len(children)
     failed: tuple[int, int] | None = None
     while any(output is None for output in outputs):
@@ -118,10 +121,14 @@ def _wait_all(children: list[subprocess.Popen[str]]) -> list[str]:
     if failed is not None:
         index, code = failed
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
-        raise ClusterError(
-            f"process {index} of {len(children)} ended with {how}; the cluster stopped. "
-            "Run the same command again to resume from the recovery snapshots (--recovery-dir)."
-        )
+        if resumable:
+            advice = "Run the same command again to resume from the recovery snapshots."
+        else:
+            advice = (
+                "Run the same command again: without --recovery-dir it reads its input from the "
+                "start, and the idempotent store makes that harmless."
+            )
+        raise ClusterError(f"process {index} of {len(children)} ended with {how}; the cluster stopped. {advice}")
     return [output or "" for output in outputs]
 
 

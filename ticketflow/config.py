@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -21,6 +22,9 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+# Upper bound on any duration setting: larger values overflow datetime arithmetic.
+MAX_SECONDS = 1e9
 
 DEFAULT_TICKET_KEY_PATTERN = r"\[([A-Z][A-Z0-9]{1,9}-[0-9]{1,9})\]"
 
@@ -39,6 +43,11 @@ class RoutingSettings:
     default_tenant: str = "default"
     # Tenants named here get their own metric label; others are reported as "other".
     known_tenants: tuple[str, ...] = ()
+    # When set, only these tenants exist: mail for any other falls to the next
+    # routing rule and finally to default_tenant, so nobody can mint tenants.
+    allowed_tenants: tuple[str, ...] = ()
+    # Upper bound on tenant copies of one message (the first ones in name order).
+    max_tenants_per_message: int = 10
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ class StateSettings:
 
     # redis://HOST:PORT/DB; required for more than one process, unused otherwise.
     redis_url: str = ""
+    # Name of a TICKETFLOW_* environment variable holding the URL instead, for a
+    # URL with a password in it.
+    redis_url_env: str = ""
     # Prefix of every Redis key, so several flows can share one Redis.
     namespace: str = "ticketflow"
 
@@ -143,7 +155,25 @@ class KafkaSettings:
         return resolved
 
 
-_SECRET_WORDS = ("password", "secret", "token", "key.pem", "private")
+_SECRET_WORDS = ("password", "secret", "token", "key.pem", "private", "jaas", "credential")
+
+
+def state_redis_url(state: StateSettings, environ: Mapping[str, str] | None = None) -> str:
+    """Return the Redis URL to use: `redis_url`, or the variable `redis_url_env` names."""
+    if not state.redis_url_env:
+        return state.redis_url
+    environ = os.environ if environ is None else environ
+    if state.redis_url_env not in environ:
+        raise ConfigError(
+            f"state.redis_url_env names the environment variable {state.redis_url_env}, which is "
+            f"not set; export {state.redis_url_env} with the Redis URL"
+        )
+    return environ[state.redis_url_env]
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password of a URL (`scheme://user:secret@host`) with `***`."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 @dataclass(frozen=True)
@@ -170,6 +200,10 @@ def load_settings(path: str | Path | None) -> Settings:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from exc
 
     try:
         data = tomllib.loads(text)
@@ -287,6 +321,10 @@ def _coerce(hint: Any, value: Any, dotted: str, origin: str) -> Any:
                 f"invalid value for '{dotted}' in {origin}: expected a number, "
                 f"found {_describe(value)}"
             )
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {value!r}; use a finite number"
+            )
         return float(value)
 
     if hint is int:
@@ -316,6 +354,12 @@ def _check_semantics(settings: Settings, origin: str) -> None:
     _check_pattern(settings.threading.key_pattern, origin)
 
     for dotted, number in (
+        ("gate.spam_threshold", settings.gate.spam_threshold),
+    ):
+        if abs(number) > MAX_SECONDS:
+            raise ConfigError(f"invalid value for '{dotted}' in {origin}: {number} is out of range")
+
+    for dotted, number in (
         ("threading.orphan_wait", settings.threading.orphan_wait),
         ("threading.subject_window", settings.threading.subject_window),
         ("dedupe.window", settings.dedupe.window),
@@ -326,6 +370,11 @@ def _check_semantics(settings: Settings, origin: str) -> None:
             raise ConfigError(
                 f"invalid value for '{dotted}' in {origin}: {number} is negative; "
                 "use a number of seconds, 0 or more"
+            )
+        if number > MAX_SECONDS:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {number:g} seconds is more than "
+                f"{MAX_SECONDS:g} (about 30 years); use a smaller number of seconds"
             )
 
     if settings.gate.auto_reply_limit < 0:
@@ -338,23 +387,44 @@ def _check_semantics(settings: Settings, origin: str) -> None:
         ("threading.max_references", settings.threading.max_references),
         ("dedupe.max_entries", settings.dedupe.max_entries),
         ("limits.max_message_bytes", settings.limits.max_message_bytes),
+        ("routing.max_tenants_per_message", settings.routing.max_tenants_per_message),
     ):
         if count < 1:
             raise ConfigError(
                 f"invalid value for '{dotted}' in {origin}: {count}; use a positive integer"
             )
 
-    redis_url = settings.state.redis_url
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            f"invalid value for 'state.redis_url' in {origin}: {redis_url!r}; "
-            "use redis://HOST:PORT/DB (or rediss:// for TLS)"
-        )
+    _check_redis_url(settings.state, origin)
 
     if not settings.routing.default_tenant.strip():
         raise ConfigError(
             f"invalid value for 'routing.default_tenant' in {origin}: it is empty; "
             "name the tenant for mail addressed to no inbound domain"
+        )
+
+
+def _check_redis_url(state: StateSettings, origin: str) -> None:
+    redis_url = state.redis_url
+    if redis_url and state.redis_url_env:
+        raise ConfigError(
+            f"'state.redis_url' and 'state.redis_url_env' are both set in {origin}; keep one"
+        )
+    if state.redis_url_env and not state.redis_url_env.startswith("TICKETFLOW_"):
+        raise ConfigError(
+            f"invalid value for 'state.redis_url_env' in {origin}: {state.redis_url_env!r}; "
+            "name a TICKETFLOW_* environment variable"
+        )
+    if not redis_url:
+        return
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"invalid value for 'state.redis_url' in {origin}: {mask_url_password(redis_url)!r}; "
+            "use redis://HOST:PORT/DB (or rediss:// for TLS)"
+        )
+    if mask_url_password(redis_url) != redis_url:
+        raise ConfigError(
+            f"'state.redis_url' in {origin} contains a password, which must not live in the file; "
+            "put the URL in a TICKETFLOW_* variable and write redis_url_env = \"TICKETFLOW_REDIS_URL\""
         )
 
 

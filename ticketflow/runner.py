@@ -212,6 +212,7 @@ def open_dead_letter_topic(input_name: str, settings: Settings, name: str | None
     address = parse_kafka_url(input_name)
     topic = name or f"{address.topic}.dlq"
     client_settings = settings.kafka.client_settings()
+    topic_partitions(address.bootstrap, address.topic, client_settings)
     topic_partitions(address.bootstrap, topic, client_settings)
     return DeadLetterTopic(
         address.bootstrap, topic, client_settings, max_message_bytes=settings.limits.max_message_bytes

@@ -78,7 +78,7 @@ def test_entries_carry_the_ttl(redis_namespace):
 
 
 def test_unreachable_redis_names_the_url():
-    with pytest.raises(RedisUnavailable, match=r"state.redis_url = 'redis://127.0.0.1:1/0'"):
+    with pytest.raises(RedisUnavailable, match=r"cannot use Redis at 'redis://127.0.0.1:1/0' \(\[state\] redis_url\)"):
         connect("redis://127.0.0.1:1/0")
 
 

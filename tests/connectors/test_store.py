@@ -8,11 +8,11 @@ import itertools
 
 import pytest
 
+from tests.factories import join_all, make_copy, make_event
 from ticketflow.connectors.store import StoreError, key_prefix, open_store
 from ticketflow.model import DeadLetter
 from ticketflow.operators.subject import normalize_subject
 from ticketflow.outcome import Outcome
-from tests.factories import join_all, make_copy, make_event
 
 T = "2026-04-30T12:{:02d}:00Z"
 

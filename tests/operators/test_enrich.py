@@ -534,3 +534,23 @@ def test_rules_total_on_arbitrary_input(headers, subject, text, to):
     for value in (result["component"], result["environment"]):
         assert value is None or slug(value) == value
     assert isinstance(clean_subject(subject), str)
+
+
+def test_allowed_tenants_stop_minting_tenants():
+    from ticketflow.config import RoutingSettings
+    from ticketflow.operators.enrich import tenants_for
+
+    routing = RoutingSettings(inbound_domains=("support.example.com",), allowed_tenants=("acme",))
+    event = {"envelope": {"to": ["evil-support@support.example.com", "acme-support@support.example.com"],
+                          "cc": []}, "headers": {"X-Tenant-Id": "globex"}}
+    assert tenants_for(event, routing) == ["acme"]
+
+
+def test_tenant_copies_are_capped():
+    from ticketflow.config import RoutingSettings
+    from ticketflow.operators.enrich import tenants_for
+
+    routing = RoutingSettings(inbound_domains=("support.example.com",), max_tenants_per_message=3)
+    event = {"envelope": {"to": [f"t{n}-support@support.example.com" for n in range(50)], "cc": []},
+             "headers": {}}
+    assert tenants_for(event, routing) == ["t0", "t1", "t10"]

@@ -1,0 +1,1 @@
+"""JSON Schemas of ticketflow's records."""
