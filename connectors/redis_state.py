@@ -174,8 +174,8 @@ class RedisThreadState:
         self._ns = namespace
         self._ttl = max(1, int(ttl_seconds))
         self._lookup = client.register_script(_LOOKUP_SCRIPT)
-        self._pending = client.pipeline(transaction=False)
-        self._pending_count = 0
+        # Writes waiting for the next round trip: (command, args, keyword args).
+        self._queued: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._ids = _Expiring(None, self.CACHE_ENTRIES, clock)
         self._refs = _Expiring(None, self.CACHE_ENTRIES, clock)
         self._outcomes = _Expiring(None, self.CACHE_ENTRIES, clock)
@@ -186,17 +186,29 @@ class RedisThreadState:
     # -- queued writes -------------------------------------------------------
 
     def _queue(self, command: str, *args: Any, **kwargs: Any) -> None:
-        getattr(self._pending, command)(*args, **kwargs)
-        self._pending_count += 1
+        self._queued.append((command, args, kwargs))
+
+    def _send(self, extra: list[tuple[str, tuple[Any, ...], dict[str, Any]]], what: str) -> list[Any]:
+        """Send the queued writes plus `extra` in one pipeline; return the replies.
+
+        The pipeline is rebuilt on every attempt: redis-py empties a pipeline
+        when it executes, even when the connection fails halfway.
+        """
+        commands = [*self._queued, *extra]
+        self._queued = []
+
+        def execute() -> list[Any]:
+            pipeline = self._redis.pipeline(transaction=False)
+            for command, args, kwargs in commands:
+                getattr(pipeline, command)(*args, **kwargs)
+            return list(pipeline.execute())
+
+        return retrying(execute, what)
 
     def flush(self) -> None:
         """Send the queued writes in one pipeline."""
-        if not self._pending_count:
-            return
-        pending = self._pending
-        retrying(pending.execute, "state write")
-        self._pending = self._redis.pipeline(transaction=False)
-        self._pending_count = 0
+        if self._queued:
+            self._send([], "state write")
 
     # -- message ids -------------------------------------------------------------
 
@@ -236,8 +248,8 @@ class RedisThreadState:
         keys = [self._id_key(tenant, message_id) for message_id in message_ids]
         # EVAL, not EVALSHA: a Redis that restarted has forgotten loaded scripts,
         # and a pipeline cannot reload one halfway.
-        self._pending.eval(_CLAIM_SCRIPT, len(keys), *keys, ticket_id, self._ttl)
-        answer = self._execute_with_claim()
+        claim = ("eval", (_CLAIM_SCRIPT, len(keys), *keys, ticket_id, self._ttl), {})
+        answer = self._send([claim], "id claim")[-1]
 
         taken = {}
         for position, holder in zip(answer[::2], answer[1::2], strict=True):
@@ -246,26 +258,14 @@ class RedisThreadState:
             self._ids.put((tenant, message_id), taken.get(message_id, ticket_id))
         return taken
 
-    def _execute_with_claim(self) -> list[Any]:
-        pending = self._pending
-        self._pending = self._redis.pipeline(transaction=False)
-        self._pending_count = 0
-
-        results = retrying(pending.execute, "id claim")
-        return list(results[-1])
-
     def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
         hit, holder = self._messages.get((tenant, message_id))
         if hit:
             return holder
         key = f"{self._ns}:message:{tenant}:{_digest(message_id)}"
-        self._pending.set(key, dedupe_key, nx=True, ex=self._ttl)
-        self._pending.get(key)
-        pending = self._pending
-        self._pending = self._redis.pipeline(transaction=False)
-        self._pending_count = 0
-        results = retrying(pending.execute, "message claim")
-        holder = results[-1].decode() if results[-1] is not None else dedupe_key
+        claim = [("set", (key, dedupe_key), {"nx": True, "ex": self._ttl}), ("get", (key,), {})]
+        current = self._send(claim, "message claim")[-1]
+        holder = current.decode() if current is not None else dedupe_key
         self._messages.put((tenant, message_id), holder)
         return holder
 
@@ -288,7 +288,7 @@ class RedisThreadState:
         return f"{self._ns}:subject:{tenant}:{_digest(requester + chr(0) + subject)}"
 
     def subject(self, tenant: str, requester: str, subject: str) -> tuple[str, str] | None:
-        self.flush()
+        self.flush()  # a subject this decision just noted must be visible
         key = self._subject_key(tenant, requester, subject)
         value = retrying(lambda: self._redis.get(key), "subject lookup")
         if value is None:

@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     redrive.add_argument("--json", action="store_true", help="print the result as JSON")
     redrive.set_defaults(handler=_cmd_redrive)
 
+    search = commands.add_parser("search", help="full-text search over ticket subjects and texts (PostgreSQL store)")
+    search.add_argument("query", help='words to find, web-search style: "refund 500", -word, "a phrase", or')
+    search.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL (postgresql://…)")
+    search.add_argument("--tenant", help="only this tenant's tickets")
+    search.add_argument("--limit", type=int, default=20, help="most tickets to list (default 20)")
+    search.add_argument("--json", action="store_true", help="print the matches as a JSON list")
+    search.set_defaults(handler=_cmd_search)
+
     check = commands.add_parser("check-config", help="validate a config file and print the effective values")
     check.add_argument("file", type=Path, help="TOML config file")
     check.set_defaults(handler=_cmd_check_config)
@@ -254,7 +262,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     else:
         for letter in letters:
             print(f"{letter['reason']:<16} {letter['source']}  ({letter['detail']})")
-        print(f"{len(letters)} dead letters")
+        print(_count(len(letters), "dead letter"))
     return 0
 
 
@@ -337,6 +345,27 @@ def _redrive_store(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    store = open_store(args.store, existing=True)
+    try:
+        if not hasattr(store, "search"):
+            raise ValueError(
+                f"search needs the PostgreSQL store; {args.store} is SQLite. "
+                "Run with --store postgresql://… to use it"
+            )
+        matches = store.search(args.query, tenant=args.tenant, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(matches, indent=2, ensure_ascii=False))
+        return 0
+    for match in matches:
+        print(f"{match['key']:<12} {match['tenant']:<10} {_shorten(match['subject'], 60)}")
+        print(f"             {match['headline']}")
+    print(_count(len(matches), "ticket"))
+    return 0
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     print(json.dumps(settings_as_dict(settings), indent=2))
@@ -365,8 +394,12 @@ def _ticket_table(tickets: list[dict[str, Any]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
-    lines.append(f"{len(tickets)} tickets")
+    lines.append(_count(len(tickets), "ticket"))
     return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _shorten(text: str, width: int) -> str:

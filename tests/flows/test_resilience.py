@@ -133,7 +133,8 @@ def test_redis_outage_parks_the_flow_and_loses_nothing(tansu, new_topic, tmp_pat
         redis_process.kill()
         redis_process.wait()
         time.sleep(2.0)
-        assert run.poll() is None, "the flow must wait for Redis, not stop"
+        if run.poll() is not None:
+            raise AssertionError(f"the flow must wait for Redis, not stop:\n{run.communicate()[1][-3000:]}")
         redis_process = _start_redis(port, tmp_path)
         stdout, stderr = run.communicate(timeout=120)
     finally:
