@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from ticketflow.connectors.retry import retry_transient
 from ticketflow.model import DeadLetter, utc_now, format_timestamp
 from ticketflow.operators.enrich import clean_subject
 from ticketflow.operators.thread import Ledger, TicketInfo, reply_address, thread_parents
@@ -269,9 +270,17 @@ class SqliteStore:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._lock = threading.RLock()
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
+            # Switching to WAL ignores the busy timeout, and fails while another
+            # process is creating the same new file; it passes a moment later.
+            retry_transient(
+                lambda: self._db.execute("PRAGMA journal_mode=WAL"),
+                is_transient=store_error_is_transient,
+                what=f"opening store {path}",
+                attempts=40,
+                max_delay=0.5,
+            )
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()

@@ -198,8 +198,10 @@ def _run_cluster(args: argparse.Namespace, settings: Any) -> int:
     from ticketflow.connectors.redis_state import connect
     from ticketflow.runner import prepare_recovery
 
-    # Fail once, here, rather than once per process.
+    # Fail once, here, rather than once per process; and create and migrate the
+    # store before several processes open it at once.
     connect(state_redis_url(settings.state)).close()
+    open_store(args.store).close()
 
     if args.recovery_dir is not None:
         prepare_recovery(args.recovery_dir, args.processes * args.workers)

@@ -250,3 +250,23 @@ def test_bad_store_url_is_rejected(url):
                                             ("1st", "T1ST"), ("very.long_tenant", "VERYLONGTE")])
 def test_key_prefix(tenant, prefix):
     assert key_prefix(tenant) == prefix
+
+
+def _open_and_close(path, barrier):
+    barrier.wait()
+    SqliteStore(path).close()
+
+
+def test_processes_opening_a_new_sqlite_store_at_once(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        path = tmp_path / f"race{attempt}.db"
+        barrier = context.Barrier(4)
+        openers = [context.Process(target=_open_and_close, args=(path, barrier)) for _ in range(4)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(60)
+        assert [opener.exitcode for opener in openers] == [0, 0, 0, 0], f"attempt {attempt}"
