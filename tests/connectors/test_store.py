@@ -253,6 +253,8 @@ def test_key_prefix(tenant, prefix):
 
 
 def _open_and_close(path, barrier):
+    from ticketflow.connectors.store import SqliteStore
+
     barrier.wait()
     SqliteStore(path).close()
 
