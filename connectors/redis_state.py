@@ -90,11 +90,11 @@ return 1
 
 
 class RedisUnavailable(RuntimeError):
-    """Redis did not answer at start; the message names the URL."""
+    """Redis was unreachable at start; the message names the URL."""
 
 
 def connect(url: str) -> redis.Redis:
-    """Connect to Redis and check it answers; raise `RedisUnavailable` naming the URL if not."""
+    """Connect to Redis and ping it; raise `RedisUnavailable` naming the URL when that fails."""
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.ping()

@@ -10,8 +10,8 @@ A message finds its ticket, in this order of evidence:
    the ledger, or an external reference an earlier message brought. Only a
    participant of that ticket, or a sender from the requester's organization
    (same domain, free-mail domains excluded), may join by key, so a stranger who
-   guesses a key cannot write into someone else's ticket. A key nobody knows
-   becomes an external reference on the ticket the message ends up on.
+   guesses a key cannot write into someone else's ticket. A key the ledger does
+   not know becomes an external reference on the ticket the message ends up on.
 3. **Plus-address** of a ticket's reply address (`acme-support+t-<token>@…`).
 4. **Subject heuristic**, only for a message with a reply prefix and no thread
    headers at all: same tenant, same requester, same normalized subject, inside
@@ -52,7 +52,7 @@ _TOKEN_PATTERN = re.compile(r"\+t-([0-9a-f]{12})(?:$|[+.-])")
 
 
 def thread_parents(event: Event) -> list[str]:
-    """Return the ids a message answers: In-Reply-To first, then References, unique."""
+    """Return the ids a message replies to: In-Reply-To first, then References, unique."""
     envelope = event["envelope"]
     parents: list[str] = []
     if envelope["in_reply_to"]:
@@ -159,7 +159,7 @@ def mail_domain(address: str) -> str:
 
 @dataclass
 class TicketInfo:
-    """What the thread join needs to know about a ticket."""
+    """Thread facts of a ticket: its first message, requester and participants."""
 
     ticket_id: str
     tenant: str

@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("query", help='words to find, web-search style: "refund 500", -word, "a phrase", or')
     search.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL (postgresql://…)")
     search.add_argument("--tenant", help="only this tenant's tickets")
-    search.add_argument("--limit", type=int, default=20, help="most tickets to list (default 20)")
+    search.add_argument("--limit", type=int, default=20, help="maximum number of tickets to list (default 20)")
     search.add_argument("--json", action="store_true", help="print the matches as a JSON list")
     search.set_defaults(handler=_cmd_search)
 
