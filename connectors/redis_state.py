@@ -7,8 +7,8 @@ every process, while a re-read of the same position replays the same outcome.
 Each process also keeps its own in-memory `DedupeWindow` for messages in flight.
 
 Every entry carries a TTL of `threading.index_ttl` seconds (at least the dedupe
-window), measured by Redis's clock from the write; the store's ledger answers
-for anything older.
+window), measured by Redis's clock from the write; lookups of older entries
+fall back to the store's ledger.
 
 Losing Redis parks the flow instead of losing mail: every call retries a
 connection or timeout error with exponential backoff (capped at
