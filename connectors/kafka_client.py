@@ -7,6 +7,7 @@ from there.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +20,40 @@ log = logging.getLogger("ticketflow.connectors.kafka")
 
 # librdkafka's own log lines, routed into Python logging instead of stderr.
 librdkafka_log = logging.getLogger("ticketflow.connectors.kafka.librdkafka")
+
+
+class _RepeatFilter(logging.Filter):
+    """Let one copy of a log line through per `interval` seconds; count the rest.
+
+    librdkafka logs the same connection failure for every retry, hundreds of
+    times a second while a broker is down; the next copy that gets through says
+    how many were held back.
+    """
+
+    def __init__(self, interval: float = 30.0, max_lines: int = 1000) -> None:
+        super().__init__()
+        self._interval = interval
+        self._max_lines = max_lines
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(line, (float("-inf"), 0))
+            if now - last < self._interval:
+                self._seen[line] = (last, held + 1)
+                return False
+            if len(self._seen) >= self._max_lines:
+                self._seen.clear()
+            self._seen[line] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self._interval:.0f} s)"
+        return True
+
+
+librdkafka_log.addFilter(_RepeatFilter())
 
 DEFAULT_MAX_MESSAGE_BYTES = LimitsSettings().max_message_bytes
 

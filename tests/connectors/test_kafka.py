@@ -736,3 +736,16 @@ def test_dead_letter_topic_must_exist(tansu: TansuBroker) -> None:
 def test_read_dead_letters_of_empty_topic(tansu: TansuBroker, new_topic: NewTopic) -> None:
     assert read_dead_letters(tansu.bootstrap, new_topic(partitions=2)) == []
 
+
+
+def test_repeated_librdkafka_lines_are_held_back() -> None:
+    import logging
+
+    from ticketflow.connectors.kafka_client import _RepeatFilter
+
+    repeat_filter = _RepeatFilter(interval=60)
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "broker down", None, None)
+    passed = [repeat_filter.filter(logging.makeLogRecord(record.__dict__)) for _ in range(500)]
+    assert passed.count(True) == 1
+    other = logging.LogRecord("x", logging.ERROR, __file__, 1, "another line", None, None)
+    assert repeat_filter.filter(other)
