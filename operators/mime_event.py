@@ -14,6 +14,8 @@ A document without an "envelope" object is no usable event and raises
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import re
 from collections.abc import Callable
@@ -223,6 +225,9 @@ def _spam(value: Any, defects: DefectLog) -> dict[str, Any]:
     score = raw.get("score")
     if isinstance(score, bool) or not isinstance(score, (int, float, type(None))):
         defects.add("invalid_field", "spam.score is no number; set to null")
+        score = None
+    elif score is not None and not math.isfinite(score):
+        defects.add("invalid_field", "spam.score is not a finite number; set to null")
         score = None
     is_spam = raw.get("is_spam", False)
     if not isinstance(is_spam, bool):

@@ -14,6 +14,8 @@ and X-Spam-Level (one `*` per point).
 
 from __future__ import annotations
 
+import math
+
 import re
 from typing import Any
 
@@ -129,4 +131,9 @@ def spam_verdict(section: HeaderSection, defects: DefectLog) -> dict[str, Any]:
     level = field_text("X-Spam-Level")
     if score is None and level is not None and "*" in level:
         score = float(level.count("*"))
+
+    if score is not None and not math.isfinite(score):
+        # A 400-digit score reads as infinity, which JSON cannot carry.
+        defects.add("spam_score_invalid", "the spam score is not a finite number; ignored")
+        score = None
     return {"score": score, "is_spam": is_spam}

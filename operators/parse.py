@@ -186,6 +186,15 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def _with_line_feeds(raw: bytes, defects: DefectLog) -> bytes:
+    """Turn bare CR line endings (old Mac mailers) into CRLF, so header lines split."""
+    head = raw[:65536]
+    if b"\n" in head or b"\r" not in head:
+        return raw
+    defects.add("bare_cr_line_endings", "lines end in CR alone; read as CRLF")
+    return raw.replace(b"\r", b"\r\n")
+
+
 def _parse_message(
     raw: bytes,
     source: str,
@@ -200,6 +209,7 @@ def _parse_message(
     if not raw.strip():
         raise UnparseableMessage("empty", f"{len(raw)} bytes and no header")
     defects = DefectLog()
+    raw = _with_line_feeds(raw, defects)
     section = split_header_section(raw, defects)
     if not section.fields:
         first_line = raw[header_start(raw) :].split(b"\n", 1)[0][:60]

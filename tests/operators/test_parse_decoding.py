@@ -208,3 +208,26 @@ def test_defect_log_is_bounded() -> None:
     listed = defects.as_list()
     assert len(listed) == MAX_DEFECTS + 1
     assert listed[-1]["code"] == "defect_limit"
+
+
+def test_bare_cr_line_endings_are_read_as_lines() -> None:
+    from datetime import UTC, datetime
+
+    from ticketflow.operators.parse import parse_message
+
+    raw = b"From: a@customer.example\rTo: acme-support@support.example.com\rSubject: old mac\r\rbody\r"
+    event = parse_message(raw, "/cr.eml", datetime(2026, 1, 1, tzinfo=UTC))
+    assert event["envelope"]["subject"] == "old mac"
+    assert event["envelope"]["to"] == ["acme-support@support.example.com"]
+    assert "bare_cr_line_endings" in [defect["code"] for defect in event["defects"]]
+
+
+def test_overflowing_spam_score_is_dropped() -> None:
+    from datetime import UTC, datetime
+
+    from ticketflow.operators.parse import parse_message
+
+    raw = b"From: a@x\nSubject: s\nX-Spam-Score: 1" + b"0" * 400 + b"\n\nbody\n"
+    event = parse_message(raw, "/inf.eml", datetime(2026, 1, 1, tzinfo=UTC))
+    assert event["spam"]["score"] is None
+    assert "spam_score_invalid" in [defect["code"] for defect in event["defects"]]
