@@ -40,6 +40,10 @@ services: $(VENV)/.installed-test
 	@$(BIN)/python -c "import psycopg; psycopg.connect('postgresql://postgres@127.0.0.1:5432/test', connect_timeout=2).close()" 2>/dev/null \
 	  || (echo "starting PostgreSQL"; \
 	      pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2)
+	@# Debian's prometheus gives promtool and a real scraper; without it those tests skip.
+	@command -v promtool >/dev/null 2>&1 \
+	  || apt-get install -y -q prometheus >/dev/null 2>&1 \
+	  || echo "prometheus (promtool) is not installed; the tests that need it will skip"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet ruff mypy

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from time import perf_counter
 from typing import Any
 
 import bytewax.operators as op
@@ -33,6 +35,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from ticketflow.config import Settings, state_redis_url
 from ticketflow.connectors.retry import retry_transient
 from ticketflow.connectors.store import store_error_is_transient
+from ticketflow.metrics import FlowMetrics, StageMeter, stamp_ingest_time
 from ticketflow.model import DeadLetter, Event, RawMessage
 from ticketflow.operators.dedupe import DedupeWindow, dedupe_key
 from ticketflow.operators.enrich import enrich, tenants_for
@@ -70,6 +73,8 @@ class FlowContext:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # Where dead letters of a Kafka run also go (`<topic>.dlq`); None for a corpus.
     dead_letter_topic: Any = None
+    # Counts of the run for Prometheus; None runs without metrics.
+    metrics: FlowMetrics | None = None
     # Set when SIGTERM stops a run: held orphans then stay held (and in the
     # snapshot) instead of being released as if the input had ended.
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -129,11 +134,33 @@ def parse_record(record: RawMessage, settings: Settings) -> Event | DeadLetter:
     except UnparseableMessage as exc:
         return DeadLetter(record.source, exc.reason, exc.detail, header_block(record.raw), record.raw)
     except Exception as exc:  # a parser bug must cost one message, not the run
-        log.exception("parser failed on %s", record.source)
+        log.exception("parser failed on %s", record.source, extra={"source": record.source})
         return DeadLetter(
             record.source, "parser_error", f"{type(exc).__name__}: {exc}",
             header_block(record.raw), record.raw,
         )
+
+
+def parse_batch(
+    records: list[RawMessage], settings: Settings, metrics: FlowMetrics | None
+) -> list[Event | DeadLetter]:
+    """Parse a batch of records; with metrics, count it and stamp each event's exact ingest time."""
+    if metrics is None:
+        return [parse_record(record, settings) for record in records]
+
+    started = perf_counter()
+    items: list[Event | DeadLetter] = []
+    dead = 0
+    for record in records:
+        item = parse_record(record, settings)
+        if isinstance(item, DeadLetter):
+            dead += 1
+            items.append(item)
+        else:
+            items.append(stamp_ingest_time(item, record.ingested_at))
+    seconds = perf_counter() - started
+    metrics.stages["parse"].record(len(records), len(records) - dead, dead, seconds)
+    return items
 
 
 # -- fan out and classify --------------------------------------------------------
@@ -162,6 +189,17 @@ def tenant_copies(event: Event, settings: Settings) -> list[TenantCopy]:
                 sent_at=sent,
             )
         )
+    return copies
+
+
+def fan_out_batch(
+    events: list[Event], settings: Settings, metrics: FlowMetrics | None
+) -> list[TenantCopy]:
+    """Make the tenant copies of a batch of events, counted when metrics are on."""
+    started = perf_counter()
+    copies = [copy for event in events for copy in tenant_copies(event, settings)]
+    if metrics is not None:
+        metrics.stages["fan_out"].record(len(events), len(copies), 0, perf_counter() - started)
     return copies
 
 
@@ -291,6 +329,44 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
         return outcomes
 
 
+class _MeasuredThreadJoin(ThreadJoinLogic):
+    """The thread join, counting the copies that enter it, the outcomes it emits and its time."""
+
+    def __init__(
+        self, context: FlowContext, resume_state: list[Any] | None, meter: StageMeter
+    ) -> None:
+        super().__init__(context, resume_state)
+        self._meter = meter
+
+    def on_batch(self, values: list[TenantCopy]) -> tuple[Iterable[Outcome], bool]:
+        return self._measure(len(values), partial(super().on_batch, values))
+
+    def on_notify(self) -> tuple[Iterable[Outcome], bool]:
+        return self._measure(0, super().on_notify)
+
+    def on_eof(self) -> tuple[Iterable[Outcome], bool]:
+        return self._measure(0, super().on_eof)
+
+    def _measure(
+        self, received: int, step: Callable[[], tuple[Iterable[Outcome], bool]]
+    ) -> tuple[Iterable[Outcome], bool]:
+        started = perf_counter()
+        try:
+            outcomes, done = step()
+        except Exception:
+            self._meter.record(received, 0, received, perf_counter() - started)
+            raise
+        emitted = list(outcomes)
+        self._meter.record(received, len(emitted), 0, perf_counter() - started)
+        return emitted, done
+
+
+def _thread_join_logic(context: FlowContext, resume_state: list[Any] | None) -> ThreadJoinLogic:
+    if context.metrics is None:
+        return ThreadJoinLogic(context, resume_state)
+    return _MeasuredThreadJoin(context, resume_state, context.metrics.stages["thread_join"])
+
+
 def _duplicate(copy: TenantCopy, key: str) -> Outcome:
     return Outcome(
         kind="duplicate", source=copy.event["source"], first_copy=copy.first_copy,
@@ -316,13 +392,8 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
 
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
-        # A store that stays unavailable raises after the retries: the process
-        # stops, and a restart re-reads from the last snapshot (at least once).
-        retry_transient(
-            lambda: context.store.write(items),
-            is_transient=store_error_is_transient,
-            what="store write",
-        )
+        started = perf_counter()
+        self._write_store(items)
         if context.dead_letter_topic is not None:
             self._send_dead_letters(items)
         context.dedupe.commit_many(
@@ -334,12 +405,44 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
         )
         for outcome in items:
             context.summary.add(outcome)
+        if context.metrics is not None:
+            context.metrics.record_stored(items, context.clock())
+            seconds = perf_counter() - started
+            context.metrics.stages["store"].record(len(items), len(items), 0, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_outcomes(items)
 
         self._batches += 1
         if self._kill_after_batches is not None and self._batches >= self._kill_after_batches:
             log.warning("fault injection: killing this process after store write %d", self._batches)
             os.kill(os.getpid(), signal.SIGKILL)
 
+
+    def _write_store(self, items: list[Outcome]) -> None:
+        """Write the batch to the store, retrying transient errors; count the request.
+
+        A store that stays unavailable raises after the retries: the process
+        stops, and a restart re-reads from the last snapshot (at least once).
+        """
+        context = self._context
+        attempts = 0
+
+        def write() -> None:
+            nonlocal attempts
+            attempts += 1
+            context.store.write(items)
+
+        started = perf_counter()
+        try:
+            retry_transient(write, is_transient=store_error_is_transient, what="store write")
+        except Exception:
+            if context.metrics is not None:
+                seconds = perf_counter() - started
+                context.metrics.record_store_write(attempts, seconds, ok=False)
+                context.metrics.stages["store"].record(len(items), 0, len(items), seconds)
+            raise
+        if context.metrics is not None:
+            context.metrics.record_store_write(attempts, perf_counter() - started, ok=True)
 
     def _send_dead_letters(self, items: list[Outcome]) -> None:
         topic = self._context.dead_letter_topic
@@ -349,6 +452,24 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
             topic.send(letter, partition, offset)
         if letters:
             topic.flush()
+
+
+def _log_outcomes(items: list[Outcome]) -> None:
+    for outcome in items:
+        event = outcome.copy.event if outcome.copy is not None else None
+        if event is None:
+            continue
+        log.debug(
+            "stored %s for tenant %s: message %s from %s; ticket %s, thread match %s",
+            outcome.kind, outcome.tenant,
+            event["envelope"]["message_id"], event["envelope"]["from"],
+            outcome.ticket_id or "-", outcome.method,
+            extra={
+                "event_id": event["event_id"],
+                "ticket_id": outcome.ticket_id,
+                "source": outcome.source,
+            },
+        )
 
 
 def kafka_position(source: str) -> tuple[int | None, int | None]:
@@ -388,12 +509,19 @@ def build_flow(
     flow = Dataflow(flow_id)
 
     records = op.input("read", flow, source)
-    parsed = op.map("parse", records, lambda record: parse_record(record, settings))
+    metrics = context.metrics
+    parsed = op.flat_map_batch(
+        "parse", records, lambda batch: parse_batch(batch, settings, metrics)
+    )
     split = op.branch("split_dead_letters", parsed, lambda item: not isinstance(item, DeadLetter))
 
-    copies = op.flat_map("fan_out", split.trues, lambda event: tenant_copies(event, settings))
+    copies = op.flat_map_batch(
+        "fan_out", split.trues, lambda events: fan_out_batch(events, settings, metrics)
+    )
     keyed = op.key_on("key_by_thread", copies, routing_key)
-    joined = op.stateful_batch("thread_join", keyed, lambda resume: ThreadJoinLogic(context, resume))
+    joined = op.stateful_batch(
+        "thread_join", keyed, lambda resume: _thread_join_logic(context, resume)
+    )
     outcomes = op.key_rm("unkey", joined)
 
     dead = op.map("dead_letter", split.falses, _dead_letter_outcome)
@@ -403,5 +531,6 @@ def build_flow(
 
 
 def _dead_letter_outcome(letter: DeadLetter) -> Outcome:
-    log.warning("dead letter from %s: %s (%s)", letter.source, letter.reason, letter.detail)
+    log.warning("dead letter from %s: %s (%s)", letter.source, letter.reason, letter.detail,
+                extra={"source": letter.source})
     return Outcome(kind="dead_letter", source=letter.source, reason=letter.reason, dead_letter=letter)

@@ -124,3 +124,38 @@ def test_redis_url_from_environment():
 def test_jaas_config_counts_as_secret():
     with pytest.raises(ConfigError, match="looks like a secret"):
         settings_from_mapping({"kafka": {"sasl.jaas.config": "x password=y"}})
+
+
+def test_metrics_and_logging_defaults():
+    settings = Settings()
+    assert (settings.metrics.port, settings.metrics.host) == (9464, "127.0.0.1")
+    assert (settings.logging.format, settings.logging.level) == ("text", "warning")
+    assert settings.logging.mask == ("addresses", "tokens", "cards", "urls")
+
+
+def test_metrics_and_logging_are_read(tmp_path):
+    path = tmp_path / "ticketflow.toml"
+    path.write_text('[metrics]\nport = 0\nhost = "0.0.0.0"\n'
+                    '[logging]\nformat = "json"\nlevel = "info"\nmask = ["tokens"]\n')
+    settings = load_settings(path)
+    assert (settings.metrics.port, settings.metrics.host) == (0, "0.0.0.0")
+    assert (settings.logging.format, settings.logging.level, settings.logging.mask) == ("json", "info", ("tokens",))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"metrics": {"port": 70000}}, r"'metrics.port'.*70000; use a port from 1 to 65535, or 0"),
+        ({"metrics": {"port": -1}}, r"'metrics.port'.*-1; use a port"),
+        ({"metrics": {"port": "9464"}}, r"'metrics.port'.*expected an integer"),
+        ({"metrics": {"host": " "}}, r"'metrics.host'.*empty; use 127.0.0.1"),
+        ({"metrics": {"prot": 1}}, r"unknown key 'metrics.prot'.*did you mean 'port'\?"),
+        ({"logging": {"format": "yaml"}}, r"'logging.format'.*use one of 'text', 'json'"),
+        ({"logging": {"level": "verbose"}}, r"'logging.level'.*use one of 'debug', 'info'"),
+        ({"logging": {"mask": ["emails"]}}, r"'logging.mask'.*'emails'; use a list of 'addresses'"),
+        ({"logging": {"mask": "addresses"}}, r"'logging.mask'.*expected a list of strings"),
+    ],
+)
+def test_bad_metrics_and_logging_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        settings_from_mapping(data)

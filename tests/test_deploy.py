@@ -551,6 +551,58 @@ def test_promtool_accepts_prometheus_config():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def flow_metrics_ports(flow_args: argparse.Namespace, deploy_settings: Settings) -> list[int]:
+    """Return the port each process of the flow service serves: the base port + its id."""
+    base = flow_args.metrics_port if flow_args.metrics_port is not None else deploy_settings.metrics.port
+    return [base + index for index in range(flow_args.processes)]
+
+
+def test_flow_exposes_every_process_metrics_port(services, flow_args, deploy_settings):
+    ports = container_ports(services[FLOW])
+    for port in flow_metrics_ports(flow_args, deploy_settings):
+        assert port in ports, f"process port {port} is not exposed; ticketflow exposes {ports}"
+
+
+def test_prometheus_scrapes_every_process(flow_args, deploy_settings):
+    config = yaml.safe_load((REPO / PROMETHEUS_CONFIG).read_text(encoding="utf-8"))
+    job = next(job for job in config["scrape_configs"] if job["job_name"] == FLOW)
+    targets = {target for group in job["static_configs"] for target in group["targets"]}
+    wanted = {f"{FLOW}:{port}" for port in flow_metrics_ports(flow_args, deploy_settings)}
+    assert wanted <= targets, f"{PROMETHEUS_CONFIG} does not scrape {sorted(wanted - targets)}"
+
+
+def test_flow_health_check_is_process_zero(services, flow_args, deploy_settings):
+    command = health_check_command(services[FLOW])
+    port = int(re.search(r":(\d+)/healthz", command).group(1))
+    assert port == flow_metrics_ports(flow_args, deploy_settings)[0]
+
+
+def test_flow_metrics_reachable_from_other_containers(deploy_settings):
+    assert deploy_settings.metrics.host not in ("127.0.0.1", "localhost", "::1"), (
+        f"{DEPLOY_CONFIG} binds the metrics server to {deploy_settings.metrics.host}, which the "
+        "prometheus container cannot reach; set [metrics] host = \"0.0.0.0\" (compose publishes "
+        "the ports on the host's 127.0.0.1 only)"
+    )
+
+
+def test_prometheus_loads_mounted_rules(services):
+    config = yaml.safe_load((REPO / PROMETHEUS_CONFIG).read_text(encoding="utf-8"))
+    mounts = {target: source for source, target, _ in volume_mounts(services["prometheus"])}
+    rule_files = config.get("rule_files") or []
+    assert rule_files, f"{PROMETHEUS_CONFIG} loads no rule file"
+    for rule_file in rule_files:
+        target = str(PurePosixPath("/etc/prometheus") / rule_file)
+        assert target in mounts, f"prometheus loads {target}, which compose does not mount"
+        assert (REPO / mounts[target]).is_file(), f"{mounts[target]} is missing"
+
+
+def test_grafana_mounts_dashboards(services):
+    mounts = {target: source for source, target, _ in volume_mounts(services["grafana"])}
+    sources = set(mounts.values())
+    assert "./deploy/grafana/dashboards" in sources, "grafana does not mount deploy/grafana/dashboards"
+    assert list((REPO / "deploy" / "grafana" / "dashboards").glob("*.json")), "no dashboard JSON to mount"
+
+
 def test_grafana_provisions_prometheus_datasource(services):
     mounts = {target: source for source, target, _ in volume_mounts(services["grafana"])}
     assert mounts.get("/etc/grafana/provisioning") == GRAFANA_PROVISIONING, (

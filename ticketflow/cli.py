@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ticketflow.config import ConfigError, load_settings, settings_as_dict
+from ticketflow import replay, synth
+from ticketflow.config import ConfigError, LoggingSettings, load_settings, settings_as_dict
 from ticketflow.connectors.kafka_client import KafkaConnectorError
 from ticketflow.connectors.redis_state import RedisUnavailable
 from ticketflow.connectors.store import DEFAULT_STORE_URL, StoreError, open_store
+from ticketflow.logs import configure_logging
 from ticketflow.model import utc_now
 
 log = logging.getLogger("ticketflow")
@@ -23,11 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Masked text lines until a command that reads a config applies its [logging] table.
+    configure_logging(LoggingSettings(), verbose=args.verbose)
     try:
         return int(args.handler(args))
     except BrokenPipeError:
@@ -78,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="records each source partition reads at a time (default 500)")
     run.add_argument("--dead-letter-topic",
                      help="for Kafka: the topic dead letters also go to (default <topic>.dlq)")
+    run.add_argument("--metrics-port", type=int,
+                     help="port of /metrics, /healthz and /readyz (default [metrics] port, 9464; "
+                     "0 turns them off); process i of a cluster serves PORT+i")
     run.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     run.add_argument("--addresses", help=argparse.SUPPRESS)
     run.set_defaults(handler=_cmd_run)
@@ -118,6 +120,23 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print the matches as a JSON list")
     search.set_defaults(handler=_cmd_search)
 
+    synth.add_command(commands)
+    replay.add_command(commands)
+
+    top = commands.add_parser(
+        "top", help="show live rates, latency and errors from running flows' /metrics",
+        description="Read one or more /metrics URLs (one per process of a cluster) and print "
+        "per-stage rates, email-to-ticket latency percentiles, outcomes and errors, "
+        "refreshing in place until Ctrl-C.",
+    )
+    top.add_argument("urls", nargs="*", metavar="URL",
+                     help="metrics URLs (default http://127.0.0.1:9464/metrics)")
+    top.add_argument("--interval", type=float, default=2.0,
+                     help="seconds between refreshes, and the window rates are computed over (default 2)")
+    top.add_argument("--once", action="store_true",
+                     help="print one frame, measured over one interval, and exit")
+    top.set_defaults(handler=_cmd_top)
+
     check = commands.add_parser("check-config", help="validate a config file and print the effective values")
     check.add_argument("file", type=Path, help="TOML config file")
     check.set_defaults(handler=_cmd_check_config)
@@ -149,9 +168,11 @@ def _cmd_parse(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ticketflow.metrics import start_metrics_server
     from ticketflow.runner import prepare_recovery, run_flow
 
     settings = load_settings(args.config)
+    configure_logging(settings.logging, verbose=args.verbose)
     _check_run_arguments(args, settings)
     if args.processes > 1:
         return _run_cluster(args, settings)
@@ -159,14 +180,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_dir is not None and args.process_id is None:
         prepare_recovery(args.recovery_dir, args.workers)
     addresses = args.addresses.split(";") if args.addresses else None
-    summary = run_flow(
-        args.input, settings, args.store,
-        workers=args.workers, process_id=args.process_id, addresses=addresses,
-        recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
-        drain=args.drain or not args.input.startswith("kafka://"),
-        dead_letter_topic_name=args.dead_letter_topic,
-        batch_size=args.batch_size,
-    )
+    server = start_metrics_server(settings, port=args.metrics_port, process_id=args.process_id)
+    try:
+        summary = run_flow(
+            args.input, settings, args.store,
+            workers=args.workers, process_id=args.process_id, addresses=addresses,
+            recovery_dir=args.recovery_dir, snapshot_interval=args.snapshot_interval,
+            drain=args.drain or not args.input.startswith("kafka://"),
+            dead_letter_topic_name=args.dead_letter_topic,
+            batch_size=args.batch_size,
+            metrics=server.metrics if server is not None else None,
+        )
+    finally:
+        if server is not None:
+            server.close()
     _print_summary(summary.as_dict(), args.json)
     if not summary.balanced():
         print("ticketflow: error: the run's counts do not add up; this is a bug", file=sys.stderr)
@@ -184,6 +211,8 @@ def _check_run_arguments(args: argparse.Namespace, settings: Any) -> None:
             raise ValueError(f"{flag} {value}: use 1 or more")
     if args.snapshot_interval <= 0:
         raise ValueError(f"--snapshot-interval {args.snapshot_interval}: use a positive number of seconds")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port {args.metrics_port}: use a port from 1 to 65535, or 0 for none")
     several = args.processes > 1 or args.addresses is not None
     if several and not (settings.state.redis_url or settings.state.redis_url_env):
         raise ValueError(
@@ -217,6 +246,8 @@ def _run_cluster(args: argparse.Namespace, settings: Any) -> int:
         child_arguments.append("--drain")
     if args.dead_letter_topic:
         child_arguments += ["--dead-letter-topic", args.dead_letter_topic]
+    if args.metrics_port is not None:
+        child_arguments += ["--metrics-port", str(args.metrics_port)]
     global_arguments = ["-v"] if args.verbose else []
 
     try:
@@ -366,6 +397,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(f"             {match['headline']}")
     print(_count(len(matches), "ticket"))
     return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from ticketflow.top import DEFAULT_URL, run_top
+
+    if args.interval <= 0:
+        raise ValueError(f"--interval {args.interval}: use a positive number of seconds")
+    return run_top(args.urls or [DEFAULT_URL], interval=args.interval, once=args.once)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

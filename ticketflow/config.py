@@ -155,6 +155,35 @@ class KafkaSettings:
         return resolved
 
 
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The address of each process's Prometheus metrics, /healthz and /readyz."""
+
+    # Port of process 0; process i of a cluster serves port + i. 0 turns the server off.
+    port: int = 9464
+    # Address the server binds. 127.0.0.1 keeps it on this machine; a Prometheus in
+    # another container or on another host needs 0.0.0.0 (or this host's address).
+    host: str = "127.0.0.1"
+
+
+# The kinds `[logging] mask` may name: email addresses, bearer tokens and API keys,
+# card-like numbers (13 to 19 digits passing the Luhn check), passwords in URLs.
+MASK_KINDS = ("addresses", "tokens", "cards", "urls")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """The format of log lines and the kinds of data masked in them."""
+
+    # "text" reads best in a terminal; "json" writes one JSON object per line for a
+    # log collector.
+    format: Literal["text", "json"] = "text"
+    # Minimum level written; `-v` lowers it to "debug".
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+    # What is replaced in every line before it is written; [] masks nothing.
+    mask: tuple[str, ...] = MASK_KINDS
+
+
 _SECRET_WORDS = ("password", "secret", "token", "key.pem", "private", "jaas", "credential")
 
 
@@ -188,6 +217,8 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     state: StateSettings = field(default_factory=StateSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -395,12 +426,36 @@ def _check_semantics(settings: Settings, origin: str) -> None:
             )
 
     _check_redis_url(settings.state, origin)
+    _check_metrics(settings.metrics, origin)
+    _check_mask(settings.logging.mask, origin)
 
     if not settings.routing.default_tenant.strip():
         raise ConfigError(
             f"invalid value for 'routing.default_tenant' in {origin}: it is empty; "
             "name the tenant for mail addressed to no inbound domain"
         )
+
+
+def _check_metrics(metrics: MetricsSettings, origin: str) -> None:
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError(
+            f"invalid value for 'metrics.port' in {origin}: {metrics.port}; use a port from "
+            "1 to 65535, or 0 to turn the metrics server off"
+        )
+    if not metrics.host.strip():
+        raise ConfigError(
+            f"invalid value for 'metrics.host' in {origin}: it is empty; use 127.0.0.1 for "
+            "this machine only, or 0.0.0.0 for every interface"
+        )
+
+
+def _check_mask(mask: tuple[str, ...], origin: str) -> None:
+    for kind in mask:
+        if kind not in MASK_KINDS:
+            raise ConfigError(
+                f"invalid value for 'logging.mask' in {origin}: {kind!r}; use a list of "
+                f"{', '.join(repr(known) for known in MASK_KINDS)} ([] masks nothing)"
+            )
 
 
 def _check_redis_url(state: StateSettings, origin: str) -> None:

@@ -23,6 +23,7 @@ from ticketflow.config import Settings
 from ticketflow.connectors.corpus import CorpusSource
 from ticketflow.connectors.store import SqliteStore, open_store
 from ticketflow.flows.main import FlowContext, build_flow
+from ticketflow.metrics import FlowMetrics
 from ticketflow.model import RawMessage
 from ticketflow.outcome import RunSummary
 
@@ -75,15 +76,25 @@ class StoppableSource(FixedPartitionedSource[RawMessage, Any]):
     """Wrap a partitioned source so every partition ends when a stop is requested.
 
     Partition state passes through unchanged, so a resumed run continues from
-    where the stopped one left off.
+    where the stopped one left off. `on_listed` is called each time the inner
+    source has listed its partitions (for Kafka, once the broker returned its metadata).
     """
 
-    def __init__(self, inner: FixedPartitionedSource[RawMessage, Any], stop: threading.Event) -> None:
+    def __init__(
+        self,
+        inner: FixedPartitionedSource[RawMessage, Any],
+        stop: threading.Event,
+        on_listed: Callable[[], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._stop = stop
+        self._on_listed = on_listed
 
     def list_parts(self) -> list[str]:
-        return self._inner.list_parts()
+        parts = self._inner.list_parts()
+        if self._on_listed is not None:
+            self._on_listed()
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
         return _StoppablePartition(self._inner.build_part(step_id, for_part, resume_state), self._stop)
@@ -138,23 +149,33 @@ def run_flow(
     source: FixedPartitionedSource[RawMessage, Any] | None = None,
     stop: StopSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    metrics: FlowMetrics | None = None,
 ) -> RunSummary:
     """Run the main job until its source ends (or a stop is requested); return the counts.
 
     `source` replaces the source `input_name` names, which then only labels the run.
+    `metrics` counts the run and tracks its readiness. The caller serves it
+    (`ticketflow.metrics.start_metrics_server` does both).
     """
     owns_store = isinstance(store, str)
     ticket_store = open_store(store) if isinstance(store, str) else store
+    readiness = metrics.readiness if metrics is not None else None
+    if readiness is not None:
+        readiness.store_opened()
     stop = stop or StopSignal()
     stop.install()
     dead_letter_topic = open_dead_letter_topic(str(input_name), settings, dead_letter_topic_name)
     try:
         context = FlowContext(
             settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
-            dead_letter_topic=dead_letter_topic,
+            dead_letter_topic=dead_letter_topic, metrics=metrics,
         )
         inner = source or build_source(str(input_name), settings, drain=drain, batch_size=batch_size)
-        flow = build_flow(StoppableSource(inner, stop.event), context, kill_after_batches=_fault_kill_after_batches(process_id))
+        on_listed = readiness.source_listed if readiness is not None else None
+        flow = build_flow(
+            StoppableSource(inner, stop.event, on_listed), context,
+            kill_after_batches=_fault_kill_after_batches(process_id),
+        )
         recovery = RecoveryConfig(recovery_dir) if recovery_dir is not None else None
 
         log.info("run started: input=%s workers=%d process=%s", input_name, workers, process_id)
@@ -169,6 +190,8 @@ def run_flow(
         log.info("run finished: %s", context.summary.as_dict())
         return context.summary
     finally:
+        if readiness is not None:
+            readiness.run_finished()
         if dead_letter_topic is not None:
             dead_letter_topic.close()
         if owns_store:
