@@ -43,6 +43,7 @@ from ticketflow.operators.gate import AutoReplyLimiter, gate
 from ticketflow.operators.parse import UnparseableMessage, decode_record, header_block
 from ticketflow.operators.thread import ThreadIndex, sent_at, thread_root
 from ticketflow.outcome import Outcome, RunSummary, TenantCopy
+from ticketflow.tracing import FlowTracer
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class FlowContext:
     dead_letter_topic: Any = None
     # Counts of the run for Prometheus; None runs without metrics.
     metrics: FlowMetrics | None = None
+    # Starts a span per stage for each message; None (tracing off) creates no spans.
+    tracer: FlowTracer | None = None
     # Set when SIGTERM stops a run: held orphans then stay held (and in the
     # snapshot) instead of being released as if the input had ended.
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -142,9 +145,17 @@ def parse_record(record: RawMessage, settings: Settings) -> Event | DeadLetter:
 
 
 def parse_batch(
-    records: list[RawMessage], settings: Settings, metrics: FlowMetrics | None
+    records: list[RawMessage],
+    settings: Settings,
+    metrics: FlowMetrics | None,
+    tracer: FlowTracer | None = None,
 ) -> list[Event | DeadLetter]:
-    """Parse a batch of records; with metrics, count it and stamp each event's exact ingest time."""
+    """Parse a batch of records; with metrics, count it and stamp each event's exact ingest time.
+
+    With a tracer, each record gets a parse span and each item its trace parent.
+    """
+    if tracer is not None:
+        return _traced_parse_batch(records, settings, metrics, tracer)
     if metrics is None:
         return [parse_record(record, settings) for record in records]
 
@@ -160,6 +171,25 @@ def parse_batch(
             items.append(stamp_ingest_time(item, record.ingested_at))
     seconds = perf_counter() - started
     metrics.stages["parse"].record(len(records), len(records) - dead, dead, seconds)
+    return items
+
+
+def _traced_parse_batch(
+    records: list[RawMessage], settings: Settings, metrics: FlowMetrics | None, tracer: FlowTracer
+) -> list[Event | DeadLetter]:
+    started = perf_counter()
+    items: list[Event | DeadLetter] = []
+    dead = 0
+    for record in records:
+        with tracer.parse_span(record) as span:
+            item = parse_record(record, settings)
+            if isinstance(item, DeadLetter):
+                dead += 1
+            elif metrics is not None:
+                item = stamp_ingest_time(item, record.ingested_at)
+            items.append(tracer.finish_parse(span, record, item))
+    if metrics is not None:
+        metrics.stages["parse"].record(len(records), len(records) - dead, dead, perf_counter() - started)
     return items
 
 
@@ -193,11 +223,23 @@ def tenant_copies(event: Event, settings: Settings) -> list[TenantCopy]:
 
 
 def fan_out_batch(
-    events: list[Event], settings: Settings, metrics: FlowMetrics | None
+    events: list[Event],
+    settings: Settings,
+    metrics: FlowMetrics | None,
+    tracer: FlowTracer | None = None,
 ) -> list[TenantCopy]:
-    """Make the tenant copies of a batch of events, counted when metrics are on."""
+    """Make the tenant copies of a batch of events, counted when metrics are on, traced with a tracer."""
     started = perf_counter()
-    copies = [copy for event in events for copy in tenant_copies(event, settings)]
+    if tracer is None:
+        copies = [copy for event in events for copy in tenant_copies(event, settings)]
+    else:
+        copies = []
+        for event in events:
+            with tracer.event_span("fan_out", event) as span:
+                event_copies = tenant_copies(event, settings)
+                if span is not None:
+                    span.set_attribute("ticketflow.tenant_copies", len(event_copies))
+            copies.extend(event_copies)
     if metrics is not None:
         metrics.stages["fan_out"].record(len(events), len(copies), 0, perf_counter() - started)
     return copies
@@ -254,8 +296,10 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
 
     def on_batch(self, values: list[TenantCopy]) -> tuple[Iterable[Outcome], bool]:
         outcomes: list[Outcome] = []
+        tracer = self._context.tracer
+        admit = self._admit if tracer is None else partial(self._traced_admit, tracer)
         for copy in values:
-            outcome = self._admit(copy)
+            outcome = admit(copy)
             if outcome is not None:
                 outcomes.append(outcome)
         outcomes.extend(self._release(force=False))
@@ -282,6 +326,16 @@ class ThreadJoinLogic(StatefulBatchLogic[TenantCopy, Outcome, list[Any]]):
 
     def _done(self) -> bool:
         return StatefulBatchLogic.DISCARD if not self._held else StatefulBatchLogic.RETAIN
+
+    def _traced_admit(self, tracer: FlowTracer, copy: TenantCopy) -> Outcome | None:
+        # A held orphan's span ends here, marked held; its later release adds no span.
+        with tracer.event_span("thread_join", copy.event, copy.tenant) as span:
+            outcome = self._admit(copy)
+            if span is not None:
+                span.set_attribute("ticketflow.held", outcome is None)
+                if outcome is not None:
+                    span.set_attribute("ticketflow.outcome", outcome.kind)
+            return outcome
 
     def _admit(self, copy: TenantCopy) -> Outcome | None:
         context = self._context
@@ -393,7 +447,10 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
         started = perf_counter()
-        self._write_store(items)
+        if context.tracer is None:
+            self._write_store(items)
+        else:
+            self._traced_write_store(context.tracer, items)
         if context.dead_letter_topic is not None:
             self._send_dead_letters(items)
         context.dedupe.commit_many(
@@ -417,6 +474,16 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
             log.warning("fault injection: killing this process after store write %d", self._batches)
             os.kill(os.getpid(), signal.SIGKILL)
 
+
+    def _traced_write_store(self, tracer: FlowTracer, items: list[Outcome]) -> None:
+        """Write the batch inside one store span per message, each covering the whole batch write."""
+        spans = tracer.start_store_spans(items)
+        try:
+            self._write_store(items)
+        except Exception as exc:
+            tracer.end_store_spans(spans, exc)
+            raise
+        tracer.end_store_spans(spans)
 
     def _write_store(self, items: list[Outcome]) -> None:
         """Write the batch to the store, retrying transient errors; count the request.
@@ -510,13 +577,14 @@ def build_flow(
 
     records = op.input("read", flow, source)
     metrics = context.metrics
+    tracer = context.tracer
     parsed = op.flat_map_batch(
-        "parse", records, lambda batch: parse_batch(batch, settings, metrics)
+        "parse", records, lambda batch: parse_batch(batch, settings, metrics, tracer)
     )
     split = op.branch("split_dead_letters", parsed, lambda item: not isinstance(item, DeadLetter))
 
     copies = op.flat_map_batch(
-        "fan_out", split.trues, lambda events: fan_out_batch(events, settings, metrics)
+        "fan_out", split.trues, lambda events: fan_out_batch(events, settings, metrics, tracer)
     )
     keyed = op.key_on("key_by_thread", copies, routing_key)
     joined = op.stateful_batch(

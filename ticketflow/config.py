@@ -166,6 +166,19 @@ class MetricsSettings:
     host: str = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class TracingSettings:
+    """Where OpenTelemetry spans of the main job go; see `ticketflow.tracing`."""
+
+    # Off by default: the flow then creates no spans at all.
+    enabled: bool = False
+    # "otlp" sends OTLP over HTTP (needs the `tracing` extra); "console" prints spans to stdout.
+    exporter: Literal["otlp", "console"] = "otlp"
+    # The OTLP/HTTP traces URL; "" uses OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    # http://localhost:4318/v1/traces.
+    endpoint: str = ""
+
+
 # The kinds `[logging] mask` may name: email addresses, bearer tokens and API keys,
 # card-like numbers (13 to 19 digits passing the Luhn check), passwords in URLs.
 MASK_KINDS = ("addresses", "tokens", "cards", "urls")
@@ -219,6 +232,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -374,6 +388,14 @@ def _coerce(hint: Any, value: Any, dotted: str, origin: str) -> Any:
             )
         return value
 
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected true or false, "
+                f"found {_describe(value)}"
+            )
+        return value
+
     raise TypeError(f"no coercion for type {hint!r} of '{dotted}'")
 
 
@@ -428,6 +450,7 @@ def _check_semantics(settings: Settings, origin: str) -> None:
     _check_redis_url(settings.state, origin)
     _check_metrics(settings.metrics, origin)
     _check_mask(settings.logging.mask, origin)
+    _check_tracing(settings.tracing, origin)
 
     if not settings.routing.default_tenant.strip():
         raise ConfigError(
@@ -446,6 +469,14 @@ def _check_metrics(metrics: MetricsSettings, origin: str) -> None:
         raise ConfigError(
             f"invalid value for 'metrics.host' in {origin}: it is empty; use 127.0.0.1 for "
             "this machine only, or 0.0.0.0 for every interface"
+        )
+
+
+def _check_tracing(tracing: TracingSettings, origin: str) -> None:
+    if tracing.endpoint and not tracing.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"invalid value for 'tracing.endpoint' in {origin}: {tracing.endpoint!r}; use an "
+            "http:// or https:// URL such as http://127.0.0.1:4318/v1/traces, or \"\" for the default"
         )
 
 

@@ -1,12 +1,14 @@
 """Replay a corpus into a Kafka topic at a chosen pace, stamping each record for latency.
 
 `replay` reads a folder of messages, an mbox or a Maildir (`iter_corpus`) and
-produces each message as one record, in corpus order, with two headers:
+produces each message as one record, in corpus order, with three headers:
 
 - ``content-type: message/rfc822``;
 - ``ticketflow-ingested-at``: the wall-clock time of the send, RFC 3339 UTC with
   microseconds. The flow takes it as the message's ingest time, so the time from
-  this stamp to the store write is the end-to-end latency.
+  this stamp to the store write is the end-to-end latency;
+- ``traceparent``: a W3C trace context of a new sampled trace per record, so a
+  traced flow puts each message's spans into that trace.
 
 The pace is either a rate (`RatePace`, a token bucket: N records per second on
 average) or a speedup of the corpus's own Date spacing (`DatePace`: X times
@@ -53,6 +55,7 @@ from ticketflow.connectors.kafka import (
     parse_kafka_url,
 )
 from ticketflow.connectors.kafka_client import describe, new_producer, partitions_from_metadata
+from ticketflow.tracing import TRACEPARENT_HEADER, new_traceparent
 
 __all__ = [
     "DatePace",
@@ -169,6 +172,8 @@ class DatePace:
 
 
 Pace = RatePace | DatePace
+# Called with the partition, offset and send time of each acknowledged record.
+DeliveryListener = Callable[[int, int, datetime], None]
 
 
 def message_date(raw: bytes) -> datetime | None:
@@ -242,17 +247,23 @@ class ReplaySummary:
 class _Deliveries:
     """Counts delivery reports; librdkafka calls it from `poll` and `flush`."""
 
-    def __init__(
-        self, summary: ReplaySummary, on_delivered: Callable[[Message], None] | None
-    ) -> None:
+    def __init__(self, summary: ReplaySummary, on_delivered: DeliveryListener | None) -> None:
         self._summary = summary
         self._on_delivered = on_delivered
 
-    def on_delivery(self, error: KafkaError | None, record: Message) -> None:
+    def callback(self, sent_at: datetime) -> Callable[[KafkaError | None, Message], None]:
+        """Return the delivery callback of one record stamped `sent_at`."""
+        if self._on_delivered is None:
+            return self.on_delivery
+        return lambda error, record: self.on_delivery(error, record, sent_at)
+
+    def on_delivery(
+        self, error: KafkaError | None, record: Message, sent_at: datetime | None = None
+    ) -> None:
         if error is None:
             self._summary.delivered += 1
-            if self._on_delivered is not None:
-                self._on_delivered(record)
+            if self._on_delivered is not None and sent_at is not None:
+                self._on_delivered(record.partition(), record.offset(), sent_at)
             return
         self._summary.errors += 1
         if self._summary.first_error is None:
@@ -274,7 +285,7 @@ def replay(
     flush_timeout: float = 60.0,
     stop: threading.Event | None = None,
     progress: Callable[[ReplaySummary, bool], None] | None = None,
-    on_delivered: Callable[[Message], None] | None = None,
+    on_delivered: DeliveryListener | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     timer: Callable[[], float] = time.monotonic,
 ) -> ReplaySummary:
@@ -283,8 +294,8 @@ def replay(
     `limit` caps the records sent and `duration` the seconds from the start;
     `stop` ends the replay early. `progress(summary, final)` is called now and
     then while sending, and once with `final` true at the end.
-    `on_delivered(record)` gets each acknowledged record, with its partition,
-    offset and headers, for a benchmark that matches records to what it sent. `clock` stamps
+    `on_delivered(partition, offset, sent_at)` is called for each acknowledged
+    record, so a benchmark can match what the flow read to when it was sent. `clock` stamps
     the records and `timer` paces them. Raises before sending anything as the
     module docstring says; a failed delivery is counted, not raised.
     """
@@ -377,10 +388,11 @@ def _send(
     headers: list[tuple[str, str | bytes | None]] = [
         (CONTENT_TYPE_HEADER, MESSAGE_CONTENT_TYPE),
         (INGESTED_AT_HEADER, _stamp(sent_at).encode("ascii")),
+        (TRACEPARENT_HEADER, new_traceparent().encode("ascii")),
     ]
     while True:
         try:
-            producer.produce(topic, raw, headers=headers, on_delivery=deliveries.on_delivery)
+            producer.produce(topic, raw, headers=headers, on_delivery=deliveries.callback(sent_at))
             break
         except BufferError:
             # librdkafka's queue is full: wait for acknowledgements to make room.

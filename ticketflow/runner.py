@@ -26,6 +26,7 @@ from ticketflow.flows.main import FlowContext, build_flow
 from ticketflow.metrics import FlowMetrics
 from ticketflow.model import RawMessage
 from ticketflow.outcome import RunSummary
+from ticketflow.tracing import open_flow_tracer
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +151,17 @@ def run_flow(
     stop: StopSignal | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     metrics: FlowMetrics | None = None,
+    tracer_provider: Any = None,
 ) -> RunSummary:
     """Run the main job until its source ends (or a stop is requested); return the counts.
 
     `source` replaces the source `input_name` names, which then only labels the run.
     `metrics` counts the run and tracks its readiness. The caller serves it
-    (`ticketflow.metrics.start_metrics_server` does both).
+    (`ticketflow.metrics.start_metrics_server` does both). With `[tracing] enabled`,
+    spans go to `tracer_provider`, or to the SDK provider `ticketflow.tracing`
+    installs from the settings; they are flushed when the run ends.
     """
+    tracer = open_flow_tracer(settings.tracing, tracer_provider)
     owns_store = isinstance(store, str)
     ticket_store = open_store(store) if isinstance(store, str) else store
     readiness = metrics.readiness if metrics is not None else None
@@ -168,7 +173,7 @@ def run_flow(
     try:
         context = FlowContext(
             settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
-            dead_letter_topic=dead_letter_topic, metrics=metrics,
+            dead_letter_topic=dead_letter_topic, metrics=metrics, tracer=tracer,
         )
         inner = source or build_source(str(input_name), settings, drain=drain, batch_size=batch_size)
         on_listed = readiness.source_listed if readiness is not None else None
@@ -190,6 +195,8 @@ def run_flow(
         log.info("run finished: %s", context.summary.as_dict())
         return context.summary
     finally:
+        if tracer is not None:
+            tracer.flush()
         if readiness is not None:
             readiness.run_finished()
         if dead_letter_topic is not None:
