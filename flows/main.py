@@ -53,13 +53,6 @@ _KAFKA_POSITION = re.compile(r"#(\d+)@(\d+)$")
 ORPHAN_RECHECK = timedelta(seconds=1)
 
 
-class TicketSink:
-    """What the flow writes outcomes to; the store implements it."""
-
-    def write(self, outcomes: Iterable[Outcome]) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
-
-
 @dataclass
 class FlowContext:
     """Everything the steps of one run share inside a process.
