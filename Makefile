@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_STORE := sqlite:///./build/demo.db
 
-.PHONY: install demo test services lint bench clean
+.PHONY: install demo test services lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ services: $(VENV)/.installed-test
 	@command -v promtool >/dev/null 2>&1 \
 	  || apt-get install -y -q prometheus >/dev/null 2>&1 \
 	  || echo "prometheus (promtool) is not installed; the tests that need it will skip"
+
+# Benchmarks need the bench extras (pytest-benchmark, the other parsers, matplotlib),
+# Redis and PostgreSQL; they start their own Tansu broker. See benchmarks/run.py.
+bench: $(VENV)/.installed-test services  ## every benchmark (under 15 min on 2 cores): benchmarks/results/REPORT.md
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: $(VENV)/.installed-test services  ## the benchmarks in under 2 minutes: benchmarks/results/quick/
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python benchmarks/run.py --quick
 
 lint: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet ruff mypy

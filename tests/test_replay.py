@@ -20,7 +20,7 @@ from ticketflow.synth import iter_messages, synthesize
 
 
 class FakeTimer:
-    """A monotonic clock that only moves when told to."""
+    """A monotonic clock that advances only when a test sets `now`."""
 
     def __init__(self) -> None:
         self.now = 100.0
@@ -31,7 +31,8 @@ class FakeTimer:
 
 def mail(number: int, sent: datetime | None) -> bytes:
     date = f"Date: {format_datetime(sent)}\n" if sent else ""
-    return f"From: a@example.com\nSubject: n{number}\n{date}Message-ID: <{number}@x>\n\nbody\n".encode()
+    head = f"From: a@example.com\nSubject: n{number}\n{date}Message-ID: <{number}@x>\n"
+    return (head + "\nbody\n").encode()
 
 
 def records(bootstrap: str, topic: str) -> list:
@@ -176,6 +177,26 @@ def test_replay_sends_every_message_stamped(tansu, new_topic, tmp_path):
     assert sent == sorted(sent)
 
 
+def test_delivery_listener_sees_every_record(tansu, new_topic):
+    topic = new_topic()
+    heard = {}
+
+    def note(partition, offset, sent_at):
+        heard[(partition, offset)] = sent_at
+
+    replay(
+        iter([mail(n, None) for n in range(20)]),
+        tansu.bootstrap,
+        topic,
+        RatePace(500),
+        on_delivered=note,
+    )
+    found = records(tansu.bootstrap, topic)
+
+    assert sorted(heard) == [(record.partition(), record.offset()) for record in found]
+    assert [heard[(record.partition(), record.offset())] for record in found] == stamps(found)
+
+
 def test_replay_rate_shows_in_the_stamps(tansu, new_topic):
     topic = new_topic()
     messages = [message.raw for message in iter_messages(200, 4)]
@@ -197,7 +218,9 @@ def test_replay_speedup_shows_in_the_stamps(tansu, new_topic):
 
     replay(iter(messages), tansu.bootstrap, topic, DatePace(40))
     sent = stamps(records(tansu.bootstrap, topic))
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(sent, sent[1:])]
+    gaps = [
+        (later - earlier).total_seconds() for earlier, later in zip(sent, sent[1:], strict=False)
+    ]
 
     assert all(0.2 <= gap <= 0.45 for gap in gaps), gaps
 
@@ -309,7 +332,8 @@ def test_progress_refreshes_in_place_on_a_terminal():
     line(summary, False)
     line(summary, True)
 
-    assert terminal.written[0].startswith("\r") and not terminal.written[0].endswith("\n")
+    assert terminal.written[0].startswith("\r")
+    assert not terminal.written[0].endswith("\n")
     assert terminal.written[1].endswith("\n")
 
 

@@ -43,7 +43,7 @@ def header(raw: bytes, name: str) -> str | None:
     """Return the unfolded value of a top-level header field, or None."""
     head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
     match = re.search(rb"^" + name.encode() + rb":[ \t]*(.*(?:\r?\n[ \t].*)*)", head, re.I | re.M)
-    return None if match is None else re.sub(rb"\r?\n[ \t]+", b" ", match.group(1)).decode()
+    return None if match is None else re.sub(rb"\r?\n[ \t]+", b" ", match.group(1)).decode().strip()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_kind_shares_near_the_mix(sample):
 
 
 def is_reply(raw: bytes) -> bool:
-    """Tell whether a message answers another: thread headers, or a reply prefix on its subject."""
+    """Tell whether a message is a reply: it has thread headers or a reply prefix on its subject."""
     if header(raw, "In-Reply-To") or header(raw, "References"):
         return True
     return has_reply_prefix(str(make_header(decode_header(header(raw, "Subject")))))
@@ -224,6 +224,19 @@ def test_several_tenants_and_two_tenant_mail(sample):
 
     assert len(tenants) == len(Mix().tenants)
     assert two_tenant > 0
+
+
+def test_early_replies_precede_their_parent():
+    messages = list(iter_messages(3000, 5))
+    position = {
+        message.message_id: message.serial for message in messages if message.kind != "duplicate"
+    }
+    early = [message for message in messages if message.early]
+
+    assert early
+    for message in early:
+        parent = header(message.raw, "In-Reply-To")
+        assert position[parent] > message.serial
 
 
 def test_changed_mix_changes_the_shares():

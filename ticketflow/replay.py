@@ -13,7 +13,7 @@ produces each message as one record, in corpus order, with three headers:
 The pace is either a rate (`RatePace`, a token bucket: N records per second on
 average) or a speedup of the corpus's own Date spacing (`DatePace`: X times
 faster than the mail was written). Both send at once when the replay is behind
-its schedule, so a slow moment is made up instead of lost; `RatePace` makes up at
+its schedule, so a slow moment is made up instead of lost. `RatePace` makes up at
 most `burst` seconds of it. A replay stops at the end of the corpus, after
 `limit` records, after `duration` seconds, or when `stop` is set (SIGINT or
 SIGTERM from the command line), and always waits for the records already sent.
@@ -75,7 +75,7 @@ MESSAGE_CONTENT_TYPE = b"message/rfc822"
 _LOG_PROGRESS_EVERY = 5.0
 # Seconds between two refreshes of the progress line on a terminal.
 _TERMINAL_PROGRESS_EVERY = 0.5
-# Longest single sleep, so a stop request or the deadline is noticed quickly.
+# Maximum length of one sleep, so a stop request or the deadline is noticed quickly.
 _MAX_SLEEP = 0.1
 
 _DATE_FIELD = re.compile(rb"^date:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -89,7 +89,7 @@ class RatePace:
     """A token bucket: `rate` sends per second on average, at most `burst` seconds' worth at once.
 
     `delay()` returns 0 and takes a token when one is available, so a replay that
-    fell behind sends back to back until it has caught up; otherwise it returns
+    fell behind sends back to back until it has caught up. Otherwise it returns
     the seconds until the next token. The messages themselves play no part.
     The bucket starts with one token and holds at most ``max(1, rate * burst)``:
     a stall longer than `burst` seconds is not made up, which keeps the offered
@@ -201,7 +201,7 @@ def message_date(raw: bytes) -> datetime | None:
 
 @dataclass
 class ReplaySummary:
-    """What a replay sent, as the JSON summary prints it."""
+    """Counts and times of one replay, printed as the command's JSON summary."""
 
     topic: str
     bootstrap: str
@@ -262,8 +262,11 @@ class _Deliveries:
     ) -> None:
         if error is None:
             self._summary.delivered += 1
+            partition, offset = record.partition(), record.offset()
+            # A delivered record always has both; the checks satisfy the type checker.
             if self._on_delivered is not None and sent_at is not None:
-                self._on_delivered(record.partition(), record.offset(), sent_at)
+                if partition is not None and offset is not None:
+                    self._on_delivered(partition, offset, sent_at)
             return
         self._summary.errors += 1
         if self._summary.first_error is None:
@@ -296,8 +299,8 @@ def replay(
     then while sending, and once with `final` true at the end.
     `on_delivered(partition, offset, sent_at)` is called for each acknowledged
     record, so a benchmark can match what the flow read to when it was sent. `clock` stamps
-    the records and `timer` paces them. Raises before sending anything as the
-    module docstring says; a failed delivery is counted, not raised.
+    the records and `timer` paces them. Raises before sending anything, with the
+    errors the module docstring lists. A failed delivery is counted, not raised.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit}: use 1 or more messages")

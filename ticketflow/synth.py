@@ -15,7 +15,7 @@ What the corpus holds, in proportions set by a `Mix` (defaults in brackets):
   subject [15 %]; a few arrive before their parent (`reply_before_parent`);
 - **duplicates** are earlier messages delivered again through the backup MX:
   the same bytes under one more Received line;
-- **automatic replies** are out-of-office answers with Auto-Submitted, either
+- **automatic replies** are out-of-office replies with Auto-Submitted, either
   threaded to the ticket a colleague was copied on, or to nothing;
 - **spam** carries SpamAssassin's X-Spam-Flag and X-Spam-Status;
 - several **tenants** on support.example.com (Delivered-To, plus-addresses, and
@@ -87,8 +87,8 @@ _MX = "mx.support.example.com"
 _BACKUP_MX = "mx2.support.example.com"
 
 # The gate lets this many automatic messages per sender through in an hour
-# (`[gate] auto_reply_limit` and `auto_reply_window` defaults); the generator
-# keeps every sender below it so each auto-reply's outcome is known.
+# (the `[gate] auto_reply_limit` and `auto_reply_window` defaults). The generator
+# keeps every sender below it, so each auto-reply's outcome is known.
 _AUTO_REPLY_LIMIT = 5
 _AUTO_REPLY_WINDOW = timedelta(hours=1)
 
@@ -148,7 +148,7 @@ class Mix:
     multi_tenant: float = 0.03
     # Share of new tickets whose first reply arrives before them (a greylisted original).
     reply_before_parent: float = 0.01
-    # Share of automatic replies that answer a ticket a colleague was copied on.
+    # Share of automatic replies that reply to a ticket a colleague was copied on.
     threaded_auto_replies: float = 0.5
     # Shares of human mail with an HTML alternative, an inline image, attachments.
     html: float = 0.60
@@ -301,13 +301,13 @@ class SynthMessage:
     review: bool  # whether a ticket it opens is held for review
     charset: str
     raw: bytes
-    # True when the message arrives before the message it answers, so the flow
-    # holds it as an orphan until that one comes.
+    # True when the message arrives before the message it replies to, so the flow
+    # holds it as an orphan until that one arrives.
     early: bool = False
 
     @property
     def label(self) -> str:
-        """Return a short name for files: the kind, and the variant where it says more."""
+        """Return a short name for files: the kind, and the variant when it adds detail."""
         if self.kind in ("new", "spam") or self.variant == self.kind:
             return self.kind.replace("_", "-")
         return f"{self.kind}-{self.variant}".replace("_", "-")
@@ -315,7 +315,7 @@ class SynthMessage:
 
 @dataclass
 class SynthSummary:
-    """Counts of what a corpus holds and the run summary it should give."""
+    """Counts of a corpus's messages and the run summary the flow should print for it."""
 
     count: int = 0
     seed: int = 0
@@ -706,7 +706,7 @@ _COMPANY_WORDS = (
     "orbit",
 )
 _TLDS = ("example.com", "example.org", "example.net")
-# RFC 5737 documentation prefixes: addresses in Received lines that belong to nobody.
+# RFC 5737 documentation prefixes, so the addresses in Received lines are assigned to no host.
 _DOCUMENTATION_NETWORKS = ("192.0.2", "198.51.100", "203.0.113")
 _MAILERS = (
     "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.7.1",
@@ -753,7 +753,7 @@ class _Person:
 
 @dataclass
 class _Thread:
-    """What later mail of a ticket's thread needs to know."""
+    """A ticket's thread as the generator tracks it, for the replies it writes later."""
 
     ids: list[str]
     subject: str
@@ -1648,9 +1648,9 @@ def synthesize(
 ) -> SynthSummary:
     """Write a corpus of `count` messages to `out`, one message at a time; return its summary.
 
-    `format` "mbox" writes one mboxrd file (lines starting with ">*From " get one
-    more ">"); "folder" writes one ``NNNNNNN-kind.eml`` file per message, the
-    names sorting in arrival order. `out` must not exist yet, or be an empty
+    `format` "mbox" writes one mboxrd file, where lines starting with ">*From "
+    get one more ">". `format` "folder" writes one ``NNNNNNN-kind.eml`` file per
+    message, and the names sort in arrival order. `out` must not exist yet, or be an empty
     file or folder; anything else raises `ValueError` so no corpus is mixed with
     another.
     """
