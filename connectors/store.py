@@ -604,9 +604,10 @@ def _assign_pending_keys(db: sqlite3.Connection) -> None:
     so numbering at creation would scatter the keys of a corpus.
     """
     pending = db.execute(
-        "SELECT ticket_id, tenant FROM tickets WHERE key LIKE ? "
+        # GLOB, unlike LIKE, is case-sensitive and so can use the index on key.
+        "SELECT ticket_id, tenant FROM tickets WHERE key GLOB ? "
         "ORDER BY first_sent_at, first_message_id",
-        (_PENDING_KEY + "%",),
+        (_PENDING_KEY + "*",),
     ).fetchall()
     for ticket_id, tenant in pending:
         key = _allocate_key(db, tenant)
