@@ -51,6 +51,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ticketflow.connectors.store import (
+    dead_letter_document,
     StoreError,
     _first_value,
     _key_number,
@@ -513,18 +514,7 @@ class PostgresStore:
                 "SELECT dead_letter_id, source, reason, detail, headers, octet_length(raw), "
                 "created_at FROM dead_letters ORDER BY created_at, source"
             ).fetchall()
-        return [
-            {
-                "dead_letter_id": row[0],
-                "source": row[1],
-                "reason": row[2],
-                "detail": row[3],
-                "headers": row[4],
-                "size": row[5],
-                "created_at": row[6],
-            }
-            for row in rows
-        ]
+        return [dead_letter_document(row) for row in rows]
 
     def dead_letter_records(self) -> list[tuple[str, bytes]]:
         """Return (source, original bytes) of every dead letter that kept its bytes."""

@@ -23,7 +23,7 @@ import re
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -475,18 +475,7 @@ class SqliteStore:
                 "SELECT dead_letter_id, source, reason, detail, headers, length(raw), created_at "
                 "FROM dead_letters ORDER BY created_at, source"
             ).fetchall()
-        return [
-            {
-                "dead_letter_id": row[0],
-                "source": row[1],
-                "reason": row[2],
-                "detail": row[3],
-                "headers": row[4],
-                "size": row[5],
-                "created_at": row[6],
-            }
-            for row in rows
-        ]
+        return [dead_letter_document(row) for row in rows]
 
     def dead_letter_records(self) -> list[tuple[str, bytes]]:
         """Return (source, original bytes) of every dead letter that kept its bytes."""
@@ -712,6 +701,19 @@ def _first_value(enrichments: list[dict[str, Any]], name: str) -> Any:
         if enrichment.get(name):
             return enrichment[name]
     return None
+
+
+def dead_letter_document(row: Sequence[Any]) -> dict[str, Any]:
+    """Build a dead letter's listing from (id, source, reason, detail, headers, size, created_at)."""
+    return {
+        "dead_letter_id": row[0],
+        "source": row[1],
+        "reason": row[2],
+        "detail": row[3],
+        "headers": row[4],
+        "size": row[5],
+        "created_at": row[6],
+    }
 
 
 def _message_documents(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
