@@ -53,16 +53,15 @@ from psycopg.types.json import Jsonb
 from ticketflow.connectors.store import (
     dead_letter_document,
     StoreError,
-    _first_value,
     _key_number,
     _message_documents,
     dead_letter_id,
+    derived_ticket_fields,
     key_prefix,
 )
 from ticketflow.model import DeadLetter, format_timestamp, utc_now
-from ticketflow.operators.enrich import clean_subject
 from ticketflow.operators.subject import normalize_subject
-from ticketflow.operators.thread import TicketInfo, reply_address, thread_parents
+from ticketflow.operators.thread import TicketInfo, thread_parents
 from ticketflow.outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -853,10 +852,12 @@ def _refresh_tickets(cursor: psycopg.Cursor[Any], ticket_ids: set[str], now: str
     for row in rows:
         messages_of.setdefault(row[0], []).append(row[1:])
 
-    updates = [
-        {**derived_ticket_fields(ticket_id, messages), "now": now, "ticket_id": ticket_id}
-        for ticket_id, messages in sorted(messages_of.items())
-    ]
+    updates = []
+    for ticket_id, messages in sorted(messages_of.items()):
+        fields = derived_ticket_fields(ticket_id, messages)
+        fields["participants"] = Jsonb(fields["participants"])
+        fields["review_reasons"] = Jsonb(fields["review_reasons"])
+        updates.append({**fields, "now": now, "ticket_id": ticket_id})
     cursor.executemany(
         "UPDATE tickets SET subject = %(subject)s, requester = %(requester)s, "
         "participants = %(participants)s, priority = %(priority)s, component = %(component)s, "
@@ -865,35 +866,6 @@ def _refresh_tickets(cursor: psycopg.Cursor[Any], ticket_ids: set[str], now: str
         "first_message_id = %(first_message_id)s, updated_at = %(now)s WHERE ticket_id = %(ticket_id)s",
         updates,
     )
-
-
-def derived_ticket_fields(ticket_id: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Derive a ticket's fields from its message rows, given earliest first.
-
-    Each row is (sender, sent_at, message_id, automatic, mailbox, subject,
-    enrichment, review_reasons). Subject, requester, review status and reply
-    address come from the earliest message a person sent (automatic mail only
-    when there is nothing else); the priority is the most urgent of those
-    messages; component and environment the first one given.
-    """
-    people = [row for row in rows if row[3] is None] or rows
-    first = people[0]
-    enrichments = [row[6] for row in people]
-    review_reasons = list(first[7])
-    participants = sorted({row[0] for row in rows if row[3] is None and row[0]})
-    return {
-        "subject": clean_subject(first[5] or ""),
-        "requester": first[0],
-        "participants": Jsonb(participants),
-        "priority": min(enrichment.get("priority") or "P3" for enrichment in enrichments),
-        "component": _first_value(enrichments, "component"),
-        "environment": _first_value(enrichments, "environment"),
-        "status": "review" if review_reasons else "open",
-        "review_reasons": Jsonb(review_reasons),
-        "reply_address": reply_address(first[4], ticket_id) if first[4] else None,
-        "first_sent_at": first[1],
-        "first_message_id": first[2],
-    }
 
 
 # -- reading -----------------------------------------------------------------------

@@ -656,44 +656,65 @@ def _resolve_alias(db: sqlite3.Connection, ticket_id: str) -> str:
 def _refresh_ticket(db: sqlite3.Connection, ticket_id: str, now: str) -> None:
     """Derive a ticket's fields from its messages, earliest first."""
     rows = db.execute(
-        "SELECT sender, sent_at, message_id, automatic, mailbox, event, enrichment, "
-        "review_reasons FROM messages WHERE ticket_id = ? ORDER BY sent_at, message_id",
+        "SELECT sender, sent_at, message_id, automatic, mailbox, "
+        "json_extract(event, '$.envelope.subject'), enrichment, review_reasons "
+        "FROM messages WHERE ticket_id = ? ORDER BY sent_at, message_id",
         (ticket_id,),
     ).fetchall()
     if not rows:
         return
 
-    people = [row for row in rows if row[3] is None] or rows
-    first = people[0]
-    first_event = json.loads(first[5])
-    enrichments = [json.loads(row[6]) for row in people]
-    review_reasons = json.loads(first[7])
-
-    participants: set[str] = set()
-    for row in rows:
-        if row[3] is None and row[0]:
-            participants.add(row[0])
-
+    decoded = [(*row[:6], json.loads(row[6]), json.loads(row[7])) for row in rows]
+    fields = derived_ticket_fields(ticket_id, decoded)
     db.execute(
         "UPDATE tickets SET subject = ?, requester = ?, participants = ?, priority = ?, "
         "component = ?, environment = ?, status = ?, review_reasons = ?, reply_address = ?, "
         "first_sent_at = ?, first_message_id = ?, updated_at = ? WHERE ticket_id = ?",
         (
-            clean_subject(first_event["envelope"]["subject"]),
-            first[0],
-            json.dumps(sorted(participants)),
-            min(enrichment.get("priority") or "P3" for enrichment in enrichments),
-            _first_value(enrichments, "component"),
-            _first_value(enrichments, "environment"),
-            "review" if review_reasons else "open",
-            json.dumps(review_reasons),
-            reply_address(first[4], ticket_id) if first[4] else None,
-            first[1],
-            first[2],
+            fields["subject"],
+            fields["requester"],
+            json.dumps(fields["participants"]),
+            fields["priority"],
+            fields["component"],
+            fields["environment"],
+            fields["status"],
+            json.dumps(fields["review_reasons"]),
+            fields["reply_address"],
+            fields["first_sent_at"],
+            fields["first_message_id"],
             now,
             ticket_id,
         ),
     )
+
+
+def derived_ticket_fields(ticket_id: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Derive a ticket's fields from its message rows, given earliest first; both stores use it.
+
+    Each row is (sender, sent_at, message_id, automatic, mailbox, subject,
+    enrichment dict, review_reasons list). Subject, requester, review status and
+    reply address come from the earliest message a person sent, and from
+    automatic mail only when there is nothing else. The priority is the most
+    urgent of those messages; component and environment are the first ones given.
+    """
+    people = [row for row in rows if row[3] is None] or rows
+    first = people[0]
+    enrichments = [row[6] for row in people]
+    review_reasons = list(first[7])
+    participants = sorted({row[0] for row in rows if row[3] is None and row[0]})
+    return {
+        "subject": clean_subject(first[5] or ""),
+        "requester": first[0],
+        "participants": participants,
+        "priority": min(enrichment.get("priority") or "P3" for enrichment in enrichments),
+        "component": _first_value(enrichments, "component"),
+        "environment": _first_value(enrichments, "environment"),
+        "status": "review" if review_reasons else "open",
+        "review_reasons": review_reasons,
+        "reply_address": reply_address(first[4], ticket_id) if first[4] else None,
+        "first_sent_at": first[1],
+        "first_message_id": first[2],
+    }
 
 
 def _first_value(enrichments: list[dict[str, Any]], name: str) -> Any:
