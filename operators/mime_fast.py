@@ -33,9 +33,8 @@ import fast_mail_parser
 from ticketflow.operators.mime_defects import DefectLog
 from ticketflow.operators.mime_headers import HeaderSection
 from ticketflow.operators.mime_parts import (
+    within_limits,
     EMBEDDED_MESSAGE_TYPES,
-    MAX_NESTING,
-    MAX_PARTS,
     MimePart,
     PartHeaders,
     describe_part,
@@ -131,13 +130,7 @@ class _FastWalk:
         in_related: bool,
         where: str,
     ) -> None:
-        if depth > MAX_NESTING:
-            self.defects.add(
-                "nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read"
-            )
-            return
-        if len(self.parts) >= MAX_PARTS:
-            self.defects.add("part_limit", f"more than {MAX_PARTS} MIME parts; the rest not read")
+        if not within_limits(self.defects, depth, len(self.parts)):
             return
         media = headers.media(self.defects, where)
         if node.content is None:

@@ -90,6 +90,17 @@ class MimePart:
         )
 
 
+def within_limits(defects: DefectLog, depth: int, parts_read: int) -> bool:
+    """Tell whether a MIME walk may read one more part; record a defect when it may not."""
+    if depth > MAX_NESTING:
+        defects.add("nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read")
+        return False
+    if parts_read >= MAX_PARTS:
+        defects.add("part_limit", f"more than {MAX_PARTS} MIME parts; the rest not read")
+        return False
+    return True
+
+
 def describe_part(
     headers: PartHeaders,
     media: ContentHeader,

@@ -26,9 +26,8 @@ from ticketflow.operators.mime_fast import root_part_headers
 from ticketflow.operators.mime_headers import HeaderSection
 from ticketflow.operators.mime_params import ContentHeader
 from ticketflow.operators.mime_parts import (
+    within_limits,
     EMBEDDED_MESSAGE_TYPES,
-    MAX_NESTING,
-    MAX_PARTS,
     MimePart,
     PartHeaders,
     describe_part,
@@ -90,13 +89,7 @@ class _TolerantWalk:
         in_related: bool,
         where: str,
     ) -> None:
-        if depth > MAX_NESTING:
-            self.defects.add(
-                "nesting_limit", f"MIME parts nested deeper than {MAX_NESTING} not read"
-            )
-            return
-        if len(self.parts) >= MAX_PARTS:
-            self.defects.add("part_limit", f"more than {MAX_PARTS} MIME parts; the rest not read")
+        if not within_limits(self.defects, depth, len(self.parts)):
             return
         self._record_stdlib_defects(part, where)
         media = headers.media(self.defects, where)
