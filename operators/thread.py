@@ -178,8 +178,8 @@ class TicketInfo:
 class Ledger(Protocol):
     """Read access to tickets written by earlier runs (the store implements it).
 
-    Every method answers from what the store has committed; the in-process
-    index answers first for everything this run decided.
+    Every method reads what the store has committed. The in-process index is
+    consulted first, for everything this run decided.
     """
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
@@ -208,7 +208,7 @@ class Ledger(Protocol):
 
 
 class NullLedger:
-    """A ledger that knows nothing: for tests of a single run."""
+    """An empty ledger, for tests of a single run."""
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
         return {}
@@ -249,7 +249,7 @@ class ThreadState(Protocol):
     def alias(self, ticket_id: str) -> str | None: ...
     def set_alias(self, old_id: str, new_id: str) -> None: ...
     def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
-        """Record which message (dedupe key) holds a Message-ID; return the holder."""
+        """Record which message (dedupe key) owns a Message-ID; return the owner's dedupe key."""
         ...
     def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None: ...
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None: ...

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RoutingSettings:
-    """How recipients map to tenants."""
+    """Rules that map recipients to tenants."""
 
     # Recipients on these domains are our support mailboxes.
     inbound_domains: tuple[str, ...] = ("support.example.com",)
@@ -44,7 +44,7 @@ class RoutingSettings:
     # Tenants named here get their own metric label; others are reported as "other".
     known_tenants: tuple[str, ...] = ()
     # When set, only these tenants exist: mail for any other falls to the next
-    # routing rule and finally to default_tenant, so nobody can mint tenants.
+    # routing rule and finally to default_tenant, so mail cannot create tenants.
     allowed_tenants: tuple[str, ...] = ()
     # Upper bound on tenant copies of one message (the first ones in name order).
     max_tenants_per_message: int = 10
@@ -52,7 +52,7 @@ class RoutingSettings:
 
 @dataclass(frozen=True)
 class ThreadingSettings:
-    """How replies find their tickets."""
+    """Rules by which replies find their tickets."""
 
     # Regular expression with one group: the ticket key inside a subject.
     key_pattern: str = DEFAULT_TICKET_KEY_PATTERN
@@ -71,7 +71,7 @@ class ThreadingSettings:
     own_message_id_domains: tuple[str, ...] = ()
     # Upper bound on References ids read from one message, so a huge header costs bounded work.
     max_references: int = 200
-    # Seconds the shared (Redis) thread index keeps an entry; the store answers for older ones.
+    # Seconds the shared (Redis) thread index keeps an entry; older lookups fall back to the store.
     index_ttl: float = 30 * 24 * 3600.0
 
 
@@ -100,7 +100,7 @@ class GateSettings:
 
 @dataclass(frozen=True)
 class TrustSettings:
-    """Which Authentication-Results headers to believe."""
+    """Trusted sources of Authentication-Results headers."""
 
     # authserv-ids of our own receiving servers; empty means the topmost header counts.
     authserv_ids: tuple[str, ...] = ()
@@ -116,7 +116,7 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class StateSettings:
-    """Where state shared by several processes lives."""
+    """Location of the state that several processes share."""
 
     # redis://HOST:PORT/DB; required for more than one process, unused otherwise.
     redis_url: str = ""

@@ -1,7 +1,5 @@
 """Redrive after a fix, a Redis outage mid-run, a stalled sink, and a clean stop on SIGTERM."""
 
-import json
-import os
 import shutil
 import signal
 import socket
@@ -13,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ticketflow.config import Settings, settings_from_mapping
+from ticketflow.config import Settings
 from ticketflow.connectors.kafka import produce_records
 from ticketflow.connectors.records import RecordsSource
 from ticketflow.connectors.store import SqliteStore
 from ticketflow.model import RawMessage
-from ticketflow.runner import StopSignal, run_flow
+from ticketflow.runner import run_flow
 from tests.flows.test_kafka_flow import cli, last_json, ticket_shapes
 from tests.mailgen import expected_counts, message, thread_corpus, START
 

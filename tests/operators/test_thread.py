@@ -64,7 +64,7 @@ def test_chain_gives_same_ticket_in_any_order(order):
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(2))))
-def test_chain_without_root_gives_same_ticket_in_any_order(order):
+def test_rootless_chain_any_order(order):
     events = chain()[1:]
     outcomes = join_all([make_copy(events[i]) for i in order])
     tickets = tickets_of(outcomes)
@@ -79,7 +79,7 @@ def test_reply_before_parent_waits_then_joins():
     assert len(tickets_of(outcomes)) == 1
 
 
-def test_orphan_opens_its_own_ticket_at_end_of_input():
+def test_orphan_opens_ticket_at_eof():
     reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<gone@x>")
     outcomes = join_all([make_copy(reply)])
     assert [o.kind for o in outcomes] == ["created"]
@@ -123,7 +123,7 @@ def test_subject_key_from_stranger_opens_new_ticket():
     assert outcomes[0].ticket_id != outcomes[1].ticket_id
 
 
-def test_subject_key_from_free_mail_stranger_opens_new_ticket():
+def test_subject_key_free_mail_stranger():
     first = make_event("<a@x>", subject="[SUP-7] Refund", received_at=T.format(0), sender="ann@gmail.com")
     other = make_event("<b@x>", subject="[SUP-7] Refund too", received_at=T.format(3), sender="eve@gmail.com")
     outcomes = join_all([make_copy(first), make_copy(other)])
@@ -235,7 +235,8 @@ def test_held_orphan_survives_a_snapshot():
     logic = ThreadJoinLogic(context)
     reply = make_event("<r@x>", received_at=T.format(1), in_reply_to="<gone@x>")
     emitted, discard = logic.on_batch([make_copy(reply)])
-    assert list(emitted) == [] and discard is False
+    assert list(emitted) == []
+    assert discard is False
 
     resumed = ThreadJoinLogic(context, pickle.loads(pickle.dumps(logic.snapshot())))
     released, _ = resumed.on_eof()
@@ -264,7 +265,7 @@ def test_stranger_cannot_merge_tickets_by_references():
     assert len(tickets_of(outcomes)) == 2
 
 
-def test_reply_from_stranger_still_joins_the_message_it_answers():
+def test_stranger_reply_joins_parent():
     first = make_event("<a@x>", received_at=T.format(0), sender="ann@one.example")
     second = make_event("<b@x>", received_at=T.format(1), sender="bob@two.example", subject="Other")
     reply = make_event("<c@x>", received_at=T.format(2), sender="new@three.example",
