@@ -179,6 +179,177 @@ class TracingSettings:
     endpoint: str = ""
 
 
+SinkKind = Literal["none", "jira", "zendesk", "servicenow", "webhook"]
+
+
+@dataclass(frozen=True)
+class PriorityNames:
+    """The external system's name for each ticketflow priority."""
+
+    P0: str = ""
+    P1: str = ""
+    P2: str = ""
+    P3: str = ""
+    P4: str = ""
+
+    def name_of(self, priority: str, default: PriorityNames) -> str:
+        """Return the configured name of `priority`, else `default`'s, else the priority itself."""
+        return getattr(self, priority, "") or getattr(default, priority, "") or priority
+
+
+@dataclass(frozen=True)
+class JiraSettings:
+    """Jira Cloud or Server, through the `jira` package."""
+
+    # Base URL of the site, e.g. https://example.atlassian.net.
+    url: str = ""
+    # Account that owns the API token (Cloud) or the user name (Server).
+    user: str = ""
+    # TICKETFLOW_* variable holding the API token or password.
+    token_env: str = "TICKETFLOW_JIRA_TOKEN"
+    # Project key and issue type of new issues, unless a mapping rule says otherwise.
+    project: str = "SUP"
+    issue_type: str = "Task"
+    # Custom field (customfield_NNNNN) holding ticketflow's ticket id, so a restart finds
+    # the issue; "" keeps the id in a label "ticketflow-<id>" instead.
+    external_id_field: str = ""
+    # Custom field receiving the sender's address, for senders who are no Jira users;
+    # "" leaves the reporter to Jira and names the sender in the description.
+    reporter_field: str = ""
+    # Jira priority names; empty entries use Highest, High, Medium, Low, Lowest.
+    priorities: PriorityNames = field(default_factory=PriorityNames)
+    # Issue link type used when two tickets turn out to be one thread.
+    link_type: str = "Duplicate"
+
+
+@dataclass(frozen=True)
+class ZendeskSettings:
+    """Zendesk Support, over its REST API."""
+
+    # Base URL, e.g. https://acme.zendesk.com.
+    url: str = ""
+    # Agent email of the API token (the token is sent as "EMAIL/token").
+    email: str = ""
+    token_env: str = "TICKETFLOW_ZENDESK_TOKEN"
+    # Zendesk priority names; empty entries use urgent, high, normal, low, low.
+    priorities: PriorityNames = field(default_factory=PriorityNames)
+
+
+@dataclass(frozen=True)
+class ServiceNowSettings:
+    """ServiceNow incidents, over the Table and Attachment APIs."""
+
+    # Instance URL, e.g. https://acme.service-now.com.
+    url: str = ""
+    user: str = ""
+    password_env: str = "TICKETFLOW_SERVICENOW_PASSWORD"
+    # Defaults for new incidents, unless a mapping rule says otherwise.
+    assignment_group: str = ""
+    category: str = "inquiry"
+    # Impact (1 high to 3 low) per priority; empty entries use 1, 1, 2, 3, 3.
+    impacts: PriorityNames = field(default_factory=PriorityNames)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """An outgoing webhook for teams with their own ticket API."""
+
+    url: str = ""
+    # TICKETFLOW_* variable holding the HMAC-SHA256 key that signs `timestamp.body`.
+    secret_env: str = "TICKETFLOW_WEBHOOK_SECRET"
+
+
+@dataclass(frozen=True)
+class RuleConditions:
+    """When a mapping rule applies: every non-empty list must contain the ticket's value."""
+
+    tenant: tuple[str, ...] = ()
+    component: tuple[str, ...] = ()
+    priority: tuple[str, ...] = ()
+    environment: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    """Fields a matching ticket gets in the external system.
+
+    Rules are read in order: for a single value (project, issue_type, …) the first
+    matching rule that sets it wins; lists (labels, components, tags) collect the
+    values of every matching rule. An empty value sets nothing.
+    """
+
+    when: RuleConditions = field(default_factory=RuleConditions)
+    # Jira
+    project: str = ""
+    issue_type: str = ""
+    components: tuple[str, ...] = ()
+    # Jira labels and Zendesk tags
+    labels: tuple[str, ...] = ()
+    # Zendesk
+    group_id: str = ""
+    # ServiceNow
+    assignment_group: str = ""
+    category: str = ""
+    # Any sink: overrides the priority name sent for this ticket
+    priority_name: str = ""
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """The external ticket system fed on top of the store (the local ledger)."""
+
+    # "none" keeps tickets in the store only.
+    kind: SinkKind = "none"
+    # Deliveries attempted per call; a write batch delivers at most this many.
+    batch_size: int = 200
+    # Undelivered messages allowed while the sink is rate limited or down; beyond it the
+    # flow waits for the sink instead of reading more mail.
+    max_backlog: int = 10_000
+    # Seconds one HTTP request may take.
+    timeout: float = 10.0
+    # Tries of one request on timeouts, connection errors and 5xx answers.
+    retries: int = 4
+    # First delay between tries in seconds; it doubles per try.
+    backoff: float = 0.5
+    # Seconds the end of a finite run waits for undelivered messages to get through.
+    drain_timeout: float = 120.0
+    jira: JiraSettings = field(default_factory=JiraSettings)
+    zendesk: ZendeskSettings = field(default_factory=ZendeskSettings)
+    servicenow: ServiceNowSettings = field(default_factory=ServiceNowSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    rules: tuple[MappingRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttachmentSettings:
+    """What happens to attachments before a ticket sees them."""
+
+    # Folder of the content-addressed attachment store; "" keeps no attachment bytes
+    # (the event lists attachments by name, type, size and SHA-256 only).
+    store: str = ""
+    # Base of the links written into tickets and events for stored files; "" uses file:// paths.
+    base_url: str = ""
+    # Larger files are refused; a message's files beyond the total are refused too.
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_message_bytes: int = 25 * 1024 * 1024
+    # Checked against the sniffed content type (and the declared one); "*" wildcards
+    # a subtype ("image/*"). An empty allow list allows every type not denied.
+    allow_types: tuple[str, ...] = ()
+    deny_types: tuple[str, ...] = (
+        "application/x-dosexec", "application/x-msdownload", "application/x-executable",
+        "application/x-sharedlib", "application/x-mach-binary", "application/java-archive",
+        "application/vnd.microsoft.portable-executable",
+    )
+    # clamd address for malware scanning: "tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl";
+    # "" scans nothing.
+    clamd: str = ""
+    # Unpack TNEF (winmail.dat) attachments into the files they carry.
+    unpack_tnef: bool = True
+    # Clean HTML bodies (scripts, event handlers, remote content) before they reach a ticket.
+    sanitize_html: bool = True
+
+
 # The kinds `[logging] mask` may name: email addresses, bearer tokens and API keys,
 # card-like numbers (13 to 19 digits passing the Luhn check), passwords in URLs.
 MASK_KINDS = ("addresses", "tokens", "cards", "urls")
@@ -233,6 +404,8 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -351,6 +524,17 @@ def _coerce(hint: Any, value: Any, dotted: str, origin: str) -> Any:
                 f"invalid value for '{dotted}' in {origin}: {value!r}; use one of {allowed}"
             )
         return value
+
+    if origin_type is tuple and dataclasses.is_dataclass(get_args(hint)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: expected a list of tables "
+                f"([[{dotted}]]), found {_describe(value)}"
+            )
+        item_type = get_args(hint)[0]
+        return tuple(
+            _build(item_type, item, f"{dotted}[{index}].", origin) for index, item in enumerate(value)
+        )
 
     if origin_type is tuple:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
