@@ -51,7 +51,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ticketflow.connectors.store import (
+    COUNT_ATTEMPT,
+    DELIVERY_COUNTS,
+    DELIVERY_DETAIL,
+    PENDING_DELIVERIES,
+    RETRY_REJECTED,
+    UPSERT_DELIVERY,
+    PendingDelivery,
     dead_letter_document,
+    merge_detail,
+    pending_delivery,
     StoreError,
     _key_number,
     _message_documents,
@@ -184,6 +193,21 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO store_identity VALUES (left(replace(gen_random_uuid()::text, '-', ''), 16));
     CREATE INDEX messages_message_id ON messages (tenant, message_id);
     """,
+    # 4: what each external sink still has to receive, and what it got (see delivery.py).
+    """
+    CREATE TABLE deliveries (
+        seq bigserial PRIMARY KEY,
+        sink text COLLATE "C" NOT NULL,
+        tenant text COLLATE "C" NOT NULL,
+        item text COLLATE "C" NOT NULL,
+        state text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        detail text NOT NULL DEFAULT '',
+        updated_at text COLLATE "C" NOT NULL,
+        UNIQUE (sink, tenant, item)
+    );
+    CREATE INDEX deliveries_pending ON deliveries (sink, state, seq);
+    """,
 )
 
 
@@ -246,6 +270,7 @@ class PostgresStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
+        self._sinks: tuple[str, ...] = ()
         try:
             self._db = self._connect()
         except psycopg.Error as exc:
@@ -375,10 +400,96 @@ class PostgresStore:
                 # A source that now gets through (a redrive after a fix) is no longer dead.
                 cursor.execute("DELETE FROM dead_letters WHERE source = %s", (outcome.source,))
                 if outcome.kind in ("created", "threaded") and outcome.ticket_id:
-                    touched.add(_write_message(cursor, outcome, now))
+                    touched.add(_write_message(cursor, outcome, now, self._sinks))
 
             _refresh_tickets(cursor, touched, now)
             _assign_pending_keys(cursor)
+
+    # -- deliveries to external sinks -----------------------------------------
+
+    def deliver_to(self, sinks: tuple[str, ...]) -> None:
+        """Queue a delivery for each of these sinks with every message written from now on."""
+        self._sinks = tuple(sinks)
+
+    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
+        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+        with self._lock:
+            rows = self._connection().execute(_dialect(PENDING_DELIVERIES), (sink, limit)).fetchall()
+        return [pending_delivery(row) for row in rows]
+
+    def ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        """Return one ticket in the design's shape, following merges, or None."""
+        with self._lock:
+            cursor = self._connection().cursor()
+            ticket_id = _resolve_alias(cursor, ticket_id)
+            row = cursor.execute(
+                "SELECT ticket_id, key, tenant, subject, requester, participants, priority, "
+                "component, environment, tier, status, review_reasons, reply_address, external "
+                "FROM tickets WHERE ticket_id = %s",
+                (ticket_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            messages = cursor.execute(
+                "SELECT message_id, event_id, sender, received_at, automatic, event::text "
+                "FROM messages WHERE ticket_id = %s ORDER BY sent_at, message_id",
+                (ticket_id,),
+            ).fetchall()
+            refs = cursor.execute(
+                "SELECT ref FROM ticket_refs WHERE ticket_id = %s AND kind = 'external'", (ticket_id,)
+            ).fetchall()
+        return _ticket_document(row, messages, [ref[0] for ref in refs])
+
+    def record_external(self, ticket_id: str, sink: str, ref: str, human_key: bool) -> None:
+        """Keep the sink's reference on the ticket; a human key becomes the ticket's key.
+
+        The reference is also a ref of the ticket in the ledger, so mail quoting
+        it (`[SUP-42]`) threads onto the ticket. The earlier key stays a ref too.
+        """
+        with self._transaction() as cursor:
+            ticket_id = _resolve_alias(cursor, ticket_id)
+            row = _read(cursor, "SELECT tenant, key FROM tickets WHERE ticket_id = %s FOR UPDATE",
+                        (ticket_id,)).fetchone()
+            if row is None:
+                return
+            tenant, key = row
+            cursor.execute(
+                "UPDATE tickets SET external = external || %s WHERE ticket_id = %s",
+                (Jsonb({sink: ref}), ticket_id),
+            )
+            taken = _read(cursor, "SELECT 1 FROM tickets WHERE key = %s", (ref,)).fetchone()
+            if human_key and key != ref and taken is None:
+                cursor.execute("UPDATE tickets SET key = %s WHERE ticket_id = %s", (ref, ticket_id))
+            _put_ref(cursor, tenant, ref, ticket_id, "key")
+
+    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
+        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
+        now = format_timestamp(self._clock())
+        with self._transaction() as cursor:
+            cursor.execute(_dialect(UPSERT_DELIVERY), (sink, tenant, item, state, detail, now))
+
+    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
+        """Return the detail kept with an item, or None when there is no such item."""
+        with self._lock:
+            row = self._connection().execute(_dialect(DELIVERY_DETAIL), (sink, tenant, item)).fetchone()
+        return None if row is None else str(row[0])
+
+    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
+        """Note that a delivery was tried and its outcome is unknown."""
+        with self._transaction() as cursor:
+            cursor.execute(_dialect(COUNT_ATTEMPT), (sink, tenant, item))
+
+    def delivery_counts(self, sink: str) -> dict[str, int]:
+        """Count the sink's message and merge deliveries by state."""
+        with self._lock:
+            rows = self._connection().execute(_dialect(DELIVERY_COUNTS), (sink,)).fetchall()
+        return {state: int(count) for state, count in rows}
+
+    def retry_rejected(self, sink: str) -> int:
+        """Make the sink's rejected deliveries pending again; return how many."""
+        with self._transaction() as cursor:
+            cursor.execute(_dialect(RETRY_REJECTED), (sink,))
+            return cursor.rowcount
 
     # -- the ledger, for the thread join --------------------------------------
 
@@ -650,8 +761,14 @@ def _insert_dead_letter(cursor: psycopg.Cursor[Any], letter: DeadLetter, now: st
     )
 
 
-def _write_message(cursor: psycopg.Cursor[Any], outcome: Outcome, now: str) -> str:
-    """Write one threaded or created message; return the ticket id to refresh."""
+def _write_message(
+    cursor: psycopg.Cursor[Any], outcome: Outcome, now: str, sinks: tuple[str, ...]
+) -> str:
+    """Write one threaded or created message; return the ticket id to refresh.
+
+    Each sink in `sinks` gets a pending delivery of the message, unless it
+    already has one (a message written again after a crash is not sent twice).
+    """
     copy = outcome.copy
     assert copy is not None and outcome.ticket_id is not None and outcome.tenant is not None
     event = copy.event
@@ -660,8 +777,14 @@ def _write_message(cursor: psycopg.Cursor[Any], outcome: Outcome, now: str) -> s
     ticket_id = outcome.ticket_id
 
     for old_id in outcome.merged_from:
-        _merge_ticket(cursor, old_id, ticket_id, tenant, now)
+        _merge_ticket(cursor, old_id, ticket_id, tenant, now, sinks)
     _ensure_ticket(cursor, ticket_id, tenant, now)
+    if sinks:
+        cursor.executemany(
+            "INSERT INTO deliveries (sink, tenant, item, state, updated_at) "
+            "VALUES (%s, %s, %s, 'pending', %s) ON CONFLICT (sink, tenant, item) DO NOTHING",
+            [(sink, tenant, outcome.dedupe_key, now) for sink in sinks],
+        )
 
     cursor.execute(
         "INSERT INTO messages (tenant, dedupe_key, ticket_id, message_id, event_id, sender, "
@@ -786,17 +909,20 @@ def _assign_pending_keys(cursor: psycopg.Cursor[Any]) -> None:
 
 
 def _merge_ticket(
-    cursor: psycopg.Cursor[Any], old_id: str, new_id: str, tenant: str, now: str
+    cursor: psycopg.Cursor[Any], old_id: str, new_id: str, tenant: str, now: str,
+    sinks: tuple[str, ...],
 ) -> None:
     """Fold ticket `old_id` into `new_id`: messages, ids, refs and the human key move over.
 
     When `new_id` does not exist yet (the ticket was renamed because an earlier
-    message joined), it takes over the old ticket's key.
+    message joined), it takes over the old ticket's key and external ids.
+    Otherwise each sink gets a pending "merge:<old id>" delivery, so the
+    external tickets are linked.
     """
     old_id = _resolve_alias(cursor, old_id)
     if old_id == new_id:
         return
-    old = _read(cursor, "SELECT key FROM tickets WHERE ticket_id = %s", (old_id,)).fetchone()
+    old = _read(cursor, "SELECT key, external FROM tickets WHERE ticket_id = %s", (old_id,)).fetchone()
     if old is None:
         return
 
@@ -804,6 +930,13 @@ def _merge_ticket(
     target_exists = target.fetchone() is not None
     if target_exists:
         cursor.execute("DELETE FROM tickets WHERE ticket_id = %s", (old_id,))
+        if sinks:
+            cursor.executemany(
+                "INSERT INTO deliveries (sink, tenant, item, state, detail, updated_at) "
+                "VALUES (%s, %s, %s, 'pending', %s, %s) ON CONFLICT (sink, tenant, item) DO NOTHING",
+                [(sink, tenant, f"merge:{old_id}", merge_detail(old_id, old[0], old[1]), now)
+                 for sink in sinks],
+            )
     else:
         cursor.execute(
             "UPDATE tickets SET ticket_id = %s, updated_at = %s WHERE ticket_id = %s",
@@ -822,6 +955,11 @@ def _merge_ticket(
     )
     cursor.execute("UPDATE ticket_aliases SET new_id = %s WHERE new_id = %s", (new_id, old_id))
     log.info("ticket %s (key %s) merged into %s", old_id, old[0], new_id)
+
+
+def _dialect(query: str) -> str:
+    """Turn a statement shared with the SQLite store ("?" placeholders) into psycopg's."""
+    return query.replace("%", "%%").replace("?", "%s")
 
 
 def _resolve_alias(cursor: psycopg.Cursor[Any], ticket_id: str) -> str:

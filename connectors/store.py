@@ -25,6 +25,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,6 +137,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX messages_message_id ON messages (tenant, message_id);
     """,
+    # 5: what each external sink still has to receive, and what it got (see delivery.py).
+    """
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        item TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        detail TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL,
+        UNIQUE (sink, tenant, item)
+    );
+    CREATE INDEX deliveries_pending ON deliveries (sink, state, seq);
+    """,
 )
 
 
@@ -240,6 +256,114 @@ class TicketStore(Ledger, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PendingDelivery:
+    """One thing an external sink has yet to receive, in the order it was written.
+
+    `item` is a message's dedupe key, with its ticket and message fields; or
+    "merge:<old ticket id>", with `merged` holding the old ticket's id, key and
+    external ids, and `ticket_id` the ticket it was folded into.
+    """
+
+    tenant: str
+    item: str
+    attempts: int
+    ticket_id: str | None
+    message: dict[str, Any] | None = None
+    merged: dict[str, Any] | None = None
+
+
+class DeliveryLedger(Protocol):
+    """What `ticketflow.connectors.delivery` keeps in the store for each sink.
+
+    Every created or threaded message gets a pending delivery per sink in the
+    transaction that stores it, and a merge of two tickets a "merge:<old id>"
+    one; `record_delivery` marks them done or rejected. Items are unique per
+    (sink, tenant, item), so a message written again is never queued twice.
+    """
+
+    def deliver_to(self, sinks: tuple[str, ...]) -> None:
+        """Queue a delivery for each of these sinks with every message written from now on."""
+        ...
+
+    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
+        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+        ...
+
+    def ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        """Return one ticket in the design's shape, following merges, or None."""
+        ...
+
+    def record_external(self, ticket_id: str, sink: str, ref: str, human_key: bool) -> None:
+        """Keep the sink's reference on the ticket; a human key becomes the ticket's key."""
+        ...
+
+    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
+        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
+        ...
+
+    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
+        """Return the detail kept with an item, or None when there is no such item."""
+        ...
+
+    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
+        """Note that a delivery was tried and its outcome is unknown."""
+        ...
+
+    def delivery_counts(self, sink: str) -> dict[str, int]:
+        """Count the sink's message and merge deliveries by state."""
+        ...
+
+    def retry_rejected(self, sink: str) -> int:
+        """Make the sink's rejected deliveries pending again; return how many."""
+        ...
+
+
+def merge_detail(old_id: str, old_key: str, old_external: dict[str, Any]) -> str:
+    """Describe a merged ticket for its pending "merge:" delivery."""
+    return json.dumps({"old_id": old_id, "old_key": old_key, "old_external": old_external})
+
+
+def pending_delivery(row: Sequence[Any]) -> PendingDelivery:
+    """Build a `PendingDelivery` from a row of `PENDING_DELIVERIES` (both stores use it)."""
+    tenant, item, attempts, detail, ticket_id, message_id, event_id, sender, received_at, \
+        automatic, event, sent_at, source = row
+    if item.startswith("merge:"):
+        merged = json.loads(detail)
+        return PendingDelivery(tenant, item, attempts, ticket_id, merged=merged)
+    if isinstance(event, str):
+        event = json.loads(event)
+    message = {
+        "message_id": message_id, "event_id": event_id, "from": sender,
+        "received_at": received_at, "sent_at": sent_at, "automatic": automatic,
+        "event": event, "source": source,
+    }
+    return PendingDelivery(tenant, item, attempts, ticket_id, message=message)
+
+
+# Pending deliveries with their messages; a merge item has no message, and its
+# surviving ticket is read from its detail by the caller. Placeholders are "?".
+PENDING_DELIVERIES = (
+    "SELECT d.tenant, d.item, d.attempts, d.detail, m.ticket_id, m.message_id, m.event_id, "
+    "m.sender, m.received_at, m.automatic, m.event, m.sent_at, m.source "
+    "FROM deliveries d LEFT JOIN messages m ON m.tenant = d.tenant AND m.dedupe_key = d.item "
+    "WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.seq LIMIT ?"
+)
+UPSERT_DELIVERY = (
+    "INSERT INTO deliveries (sink, tenant, item, state, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (sink, tenant, item) DO UPDATE SET state = excluded.state, "
+    "detail = excluded.detail, updated_at = excluded.updated_at"
+)
+DELIVERY_DETAIL = "SELECT detail FROM deliveries WHERE sink = ? AND tenant = ? AND item = ?"
+COUNT_ATTEMPT = (
+    "UPDATE deliveries SET attempts = attempts + 1 WHERE sink = ? AND tenant = ? AND item = ?"
+)
+DELIVERY_COUNTS = (
+    "SELECT state, COUNT(*) FROM deliveries WHERE sink = ? AND item NOT LIKE 'ticket:%' GROUP BY state"
+)
+RETRY_REJECTED = "UPDATE deliveries SET state = 'pending' WHERE sink = ? AND state = 'rejected'"
+
+
 def key_prefix(tenant: str) -> str:
     """Return the human key prefix of a tenant: upper-case letters and digits, 2–10 long."""
     prefix = re.sub(r"[^A-Z0-9]", "", tenant.upper())
@@ -269,6 +393,7 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._lock = threading.RLock()
+        self._sinks: tuple[str, ...] = ()
         try:
             self._db.execute("PRAGMA busy_timeout=30000")
             # Switching to WAL ignores the busy timeout, and fails while another
@@ -343,10 +468,80 @@ class SqliteStore:
                 # A source that now gets through (a redrive after a fix) is no longer dead.
                 db.execute("DELETE FROM dead_letters WHERE source = ?", (outcome.source,))
                 if outcome.kind in ("created", "threaded") and outcome.ticket_id:
-                    touched |= _write_message(db, outcome, now)
+                    touched |= _write_message(db, outcome, now, self._sinks)
             for ticket_id in touched:
                 _refresh_ticket(db, ticket_id, now)
             _assign_pending_keys(db)
+
+    # -- deliveries to external sinks -----------------------------------------
+
+    def deliver_to(self, sinks: tuple[str, ...]) -> None:
+        """Queue a delivery for each of these sinks with every message written from now on."""
+        self._sinks = tuple(sinks)
+
+    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
+        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(PENDING_DELIVERIES, (sink, limit)).fetchall()
+        return [pending_delivery(row) for row in rows]
+
+    def ticket(self, ticket_id: str) -> dict[str, Any] | None:
+        """Return one ticket in the design's shape, following merges, or None."""
+        with self._lock:
+            ticket_id = _resolve_alias(self._db, ticket_id)
+            self._db.row_factory = sqlite3.Row
+            try:
+                row = self._db.execute("SELECT * FROM tickets WHERE ticket_id = ?", (ticket_id,)).fetchone()
+                return None if row is None else self._ticket_document(row)
+            finally:
+                self._db.row_factory = None
+
+    def record_external(self, ticket_id: str, sink: str, ref: str, human_key: bool) -> None:
+        """Keep the sink's reference on the ticket; a human key becomes the ticket's key.
+
+        The reference is also a ref of the ticket in the ledger, so mail quoting
+        it (`[SUP-42]`) threads onto the ticket. The earlier key stays a ref too.
+        """
+        with self._transaction() as db:
+            ticket_id = _resolve_alias(db, ticket_id)
+            row = db.execute("SELECT tenant, key, external FROM tickets WHERE ticket_id = ?",
+                             (ticket_id,)).fetchone()
+            if row is None:
+                return
+            tenant, key, external = row[0], row[1], json.loads(row[2])
+            external[sink] = ref
+            db.execute("UPDATE tickets SET external = ? WHERE ticket_id = ?", (json.dumps(external), ticket_id))
+            if human_key and key != ref and not _key_taken(db, ref):
+                db.execute("UPDATE tickets SET key = ? WHERE ticket_id = ?", (ref, ticket_id))
+            db.execute("INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, 'key')", (tenant, ref, ticket_id))
+
+    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
+        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
+        now = format_timestamp(utc_now())
+        with self._transaction() as db:
+            db.execute(UPSERT_DELIVERY, (sink, tenant, item, state, detail, now))
+
+    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
+        """Return the detail kept with an item, or None when there is no such item."""
+        with self._lock:
+            row = self._db.execute(DELIVERY_DETAIL, (sink, tenant, item)).fetchone()
+        return None if row is None else str(row[0])
+
+    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
+        """Note that a delivery was tried and its outcome is unknown."""
+        with self._transaction() as db:
+            db.execute(COUNT_ATTEMPT, (sink, tenant, item))
+
+    def delivery_counts(self, sink: str) -> dict[str, int]:
+        """Count the sink's message and merge deliveries by state."""
+        with self._lock:
+            rows = self._db.execute(DELIVERY_COUNTS, (sink,)).fetchall()
+        return {state: int(count) for state, count in rows}
+
+    def retry_rejected(self, sink: str) -> int:
+        """Make the sink's rejected deliveries pending again; return how many."""
+        with self._transaction() as db:
+            return db.execute(RETRY_REJECTED, (sink,)).rowcount
 
     # -- the ledger, for the thread join --------------------------------------
 
@@ -512,8 +707,14 @@ def _insert_dead_letter(db: sqlite3.Connection, letter: DeadLetter, now: str) ->
     )
 
 
-def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[str]:
-    """Write one threaded or created message; return the ticket ids to refresh."""
+def _write_message(
+    db: sqlite3.Connection, outcome: Outcome, now: str, sinks: tuple[str, ...]
+) -> set[str]:
+    """Write one threaded or created message; return the ticket ids to refresh.
+
+    Each sink in `sinks` gets a pending delivery of the message, unless it
+    already has one (a message written again after a crash is not sent twice).
+    """
     copy = outcome.copy
     assert copy is not None and outcome.ticket_id is not None and outcome.tenant is not None
     event = copy.event
@@ -523,8 +724,13 @@ def _write_message(db: sqlite3.Connection, outcome: Outcome, now: str) -> set[st
     ticket_id = _resolve_alias(db, outcome.ticket_id)
 
     for old_id in outcome.merged_from:
-        _merge_ticket(db, old_id, ticket_id, tenant, now)
+        _merge_ticket(db, old_id, ticket_id, tenant, now, sinks)
     _ensure_ticket(db, ticket_id, tenant, now)
+    db.executemany(
+        "INSERT OR IGNORE INTO deliveries (sink, tenant, item, state, updated_at) "
+        "VALUES (?, ?, ?, 'pending', ?)",
+        [(sink, tenant, outcome.dedupe_key, now) for sink in sinks],
+    )
 
     db.execute(
         "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -613,22 +819,32 @@ def _allocate_key(db: sqlite3.Connection, tenant: str) -> str:
     return f"{key_prefix(tenant)}-{row[0]}"
 
 
-def _merge_ticket(db: sqlite3.Connection, old_id: str, new_id: str, tenant: str, now: str) -> None:
+def _merge_ticket(
+    db: sqlite3.Connection, old_id: str, new_id: str, tenant: str, now: str, sinks: tuple[str, ...]
+) -> None:
     """Fold ticket `old_id` into `new_id`: messages, ids, refs and the human key move over.
 
     When `new_id` does not exist yet (the ticket was renamed because an earlier
-    message joined), it takes over the old ticket's key.
+    message joined), it takes over the old ticket's key and external ids.
+    Otherwise each sink gets a pending "merge:<old id>" delivery, so the
+    external tickets are linked.
     """
     old_id = _resolve_alias(db, old_id)
     if old_id == new_id:
         return
-    old = db.execute("SELECT key, created_at FROM tickets WHERE ticket_id = ?", (old_id,)).fetchone()
+    old = db.execute("SELECT key, external FROM tickets WHERE ticket_id = ?", (old_id,)).fetchone()
     if old is None:
         return
 
     target_exists = db.execute("SELECT 1 FROM tickets WHERE ticket_id = ?", (new_id,)).fetchone()
     if target_exists:
         db.execute("DELETE FROM tickets WHERE ticket_id = ?", (old_id,))
+        detail = merge_detail(old_id, old[0], json.loads(old[1]))
+        db.executemany(
+            "INSERT OR IGNORE INTO deliveries (sink, tenant, item, state, detail, updated_at) "
+            "VALUES (?, ?, ?, 'pending', ?, ?)",
+            [(sink, tenant, f"merge:{old_id}", detail, now) for sink in sinks],
+        )
     else:
         db.execute("UPDATE tickets SET ticket_id = ?, updated_at = ? WHERE ticket_id = ?", (new_id, now, old_id))
 
@@ -642,6 +858,10 @@ def _merge_ticket(db: sqlite3.Connection, old_id: str, new_id: str, tenant: str,
     db.execute("INSERT OR REPLACE INTO ticket_aliases VALUES (?, ?)", (old_id, new_id))
     db.execute("UPDATE ticket_aliases SET new_id = ? WHERE new_id = ?", (new_id, old_id))
     log.info("ticket %s (key %s) merged into %s", old_id, old[0], new_id)
+
+
+def _key_taken(db: sqlite3.Connection, key: str) -> bool:
+    return db.execute("SELECT 1 FROM tickets WHERE key = ?", (key,)).fetchone() is not None
 
 
 def _resolve_alias(db: sqlite3.Connection, ticket_id: str) -> str:

@@ -26,7 +26,7 @@ def test_unknown_key_suggests_close_match():
 
 
 def test_unknown_table_lists_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown key 'nonsense'.*known keys here: dedupe, gate"):
+    with pytest.raises(ConfigError, match=r"unknown key 'nonsense'.*known keys here: attachments, dedupe, gate"):
         settings_from_mapping({"nonsense": {}})
 
 
@@ -159,3 +159,68 @@ def test_metrics_and_logging_are_read(tmp_path):
 def test_bad_metrics_and_logging_values_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message):
         settings_from_mapping(data)
+
+
+# -- [sink] and [attachments] -----------------------------------------------------
+
+
+def test_sink_kind_needs_the_url_of_its_system():
+    with pytest.raises(ConfigError, match=r"'sink.zendesk.url' .*kind is 'zendesk'.*https://acme.zendesk.com"):
+        settings_from_mapping({"sink": {"kind": "zendesk"}})
+
+
+def test_unknown_sink_kind_lists_the_kinds():
+    with pytest.raises(ConfigError, match=r"'sink.kind'.*'jirra'.*'none', 'jira', 'zendesk', 'servicenow', 'webhook'"):
+        settings_from_mapping({"sink": {"kind": "jirra"}})
+
+
+def test_sink_secret_variable_must_be_a_ticketflow_one():
+    with pytest.raises(ConfigError, match=r"'sink.jira.token_env'.*'JIRA_TOKEN'.*TICKETFLOW_"):
+        settings_from_mapping({"sink": {"jira": {"token_env": "JIRA_TOKEN"}}})
+
+
+def test_mapping_rules_are_read_as_a_list_of_tables():
+    settings = settings_from_mapping({"sink": {
+        "kind": "jira", "jira": {"url": "https://jira.example.com"},
+        "rules": [{"when": {"tenant": ["acme"], "priority": ["P0", "P1"]}, "project": "PAY"}],
+    }})
+    rule = settings.sink.rules[0]
+    assert (rule.when.tenant, rule.when.priority, rule.project) == (("acme",), ("P0", "P1"), "PAY")
+
+
+def test_mapping_rule_typo_names_the_rule_and_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'sink.rules\[1\].projct'.*did you mean 'project'"):
+        settings_from_mapping({"sink": {"rules": [{}, {"projct": "PAY"}]}})
+
+
+def test_mapping_rule_field_of_another_system_is_refused():
+    with pytest.raises(ConfigError, match=r"'sink.rules\[0\].assignment_group' .*servicenow only.*'jira'"):
+        settings_from_mapping({"sink": {"kind": "jira", "jira": {"url": "https://j.example"},
+                                        "rules": [{"assignment_group": "L2"}]}})
+
+
+def test_mapping_rule_condition_on_an_unknown_priority_is_refused():
+    with pytest.raises(ConfigError, match=r"'sink.rules\[0\].when.priority'.*'P7'.*P0 to P4"):
+        settings_from_mapping({"sink": {"rules": [{"when": {"priority": ["P7"]}}]}})
+
+
+def test_rules_must_be_tables():
+    with pytest.raises(ConfigError, match=r"'sink.rules'.*list of tables"):
+        settings_from_mapping({"sink": {"rules": {"project": "PAY"}}})
+
+
+def test_attachment_types_must_be_media_types():
+    with pytest.raises(ConfigError, match=r"'attachments.deny_types'.*'exe'.*image/\*"):
+        settings_from_mapping({"attachments": {"deny_types": ["exe"]}})
+
+
+def test_clamd_address_has_one_of_two_forms():
+    with pytest.raises(ConfigError, match=r"'attachments.clamd'.*'clamd:3310'.*tcp://HOST:PORT"):
+        settings_from_mapping({"attachments": {"clamd": "clamd:3310"}})
+    settings = settings_from_mapping({"attachments": {"clamd": "unix:///run/clamav/clamd.ctl"}})
+    assert settings.attachments.clamd == "unix:///run/clamav/clamd.ctl"
+
+
+def test_sink_numbers_must_be_positive():
+    with pytest.raises(ConfigError, match=r"'sink.max_backlog'.*0.*positive"):
+        settings_from_mapping({"sink": {"max_backlog": 0}})

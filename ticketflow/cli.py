@@ -112,6 +112,20 @@ def _parser() -> argparse.ArgumentParser:
     redrive.add_argument("--json", action="store_true", help="print the result as JSON")
     redrive.set_defaults(handler=_cmd_redrive)
 
+    deliver = commands.add_parser(
+        "deliver", help="send what the store still owes the configured sink",
+        description="Send the store's pending deliveries to the sink [sink] names, waiting for "
+        "rate limits, up to [sink] drain_timeout. Exits 1 when some are still pending.",
+    )
+    deliver.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL")
+    deliver.add_argument("--config", type=Path, required=True, help="TOML config file with a [sink] table")
+    deliver.add_argument("--retry-rejected", action="store_true",
+                         help="queue deliveries the sink refused again first (after fixing the cause)")
+    deliver.add_argument("--json", action="store_true", help="print the counts as JSON")
+    deliver.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log each step to stderr")
+    deliver.set_defaults(handler=_cmd_deliver)
+
     search = commands.add_parser("search", help="full-text search over ticket subjects and texts (PostgreSQL store)")
     search.add_argument("query", help='words to find, web-search style: "refund 500", -word, "a phrase", or')
     search.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL (postgresql://…)")
@@ -194,7 +208,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
-    _print_summary(summary.as_dict(), args.json)
+    _print_summary(_with_deliveries(summary.as_dict(), summary.deliveries), args.json)
     if not summary.balanced():
         print("ticketflow: error: the run's counts do not add up; this is a bug", file=sys.stderr)
         return 1
@@ -257,15 +271,65 @@ def _run_cluster(args: argparse.Namespace, settings: Any) -> int:
     except ClusterError as exc:
         print(f"ticketflow: error: {exc}", file=sys.stderr)
         return 1
-    _print_summary(counts, args.json)
+    # Process 0 sent during the run; what the others stored last is sent here.
+    _print_summary(_with_deliveries(counts, _drain_sink(settings, args.store)), args.json)
     return 0
 
 
-def _print_summary(counts: dict[str, int], as_json: bool) -> None:
-    if as_json:
+def _drain_sink(settings: Any, store_url: str, retry_rejected: bool = False) -> dict[str, Any] | None:
+    """Send the store's pending deliveries to the configured sink; None when there is no sink."""
+    from ticketflow.runner import attachment_store_for, drain_deliveries
+    from ticketflow.connectors.delivery import open_delivery
+
+    if settings.sink.kind == "none":
+        return None
+    store = open_store(store_url, existing=True)
+    try:
+        delivery = open_delivery(settings, store, attachment_store_for(settings))
+        assert delivery is not None
+        try:
+            queued = store.retry_rejected(delivery.sink.name) if retry_rejected else 0
+            if queued:
+                log.warning("%d rejected deliveries queued again", queued)
+            return drain_deliveries(delivery)
+        finally:
+            delivery.close()
+    finally:
+        store.close()
+
+
+def _cmd_deliver(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.logging, verbose=args.verbose)
+    if settings.sink.kind == "none":
+        raise ConfigError(
+            f"{args.config or 'the default config'} names no sink; set [sink] kind to "
+            "\"jira\", \"zendesk\", \"servicenow\" or \"webhook\""
+        )
+    counts = _drain_sink(settings, args.store, retry_rejected=args.retry_rejected)
+    assert counts is not None
+    if args.json:
         print(json.dumps(counts), flush=True)
     else:
         print(", ".join(f"{name} {value}" for name, value in counts.items()), flush=True)
+    return 1 if counts["pending"] else 0
+
+
+def _with_deliveries(counts: dict[str, Any], deliveries: dict[str, Any] | None) -> dict[str, Any]:
+    return counts if deliveries is None else {**counts, "deliveries": deliveries}
+
+
+def _print_summary(counts: dict[str, Any], as_json: bool) -> None:
+    """Print the run's counts: one line of text, or JSON as the last line of stdout."""
+    if as_json:
+        print(json.dumps(counts), flush=True)
+        return
+    deliveries = counts.get("deliveries")
+    plain = {name: value for name, value in counts.items() if name != "deliveries"}
+    if deliveries is not None:
+        sent = ", ".join(f"{name} {value}" for name, value in deliveries.items() if name != "sink")
+        print(f"{deliveries['sink']}: {sent}", flush=True)
+    print(", ".join(f"{name} {value}" for name, value in plain.items()), flush=True)
 
 
 def _cmd_tickets(args: argparse.Namespace) -> int:

@@ -635,6 +635,8 @@ def _check_semantics(settings: Settings, origin: str) -> None:
     _check_metrics(settings.metrics, origin)
     _check_mask(settings.logging.mask, origin)
     _check_tracing(settings.tracing, origin)
+    _check_sink(settings.sink, origin)
+    _check_attachments(settings.attachments, origin)
 
     if not settings.routing.default_tenant.strip():
         raise ConfigError(
@@ -712,3 +714,98 @@ def _check_pattern(pattern: str, origin: str) -> None:
             "groups; use exactly one group around the ticket key, e.g. "
             r"'\[([A-Z]+-[0-9]+)\]'"
         )
+
+
+_SINK_URLS = {"jira": "https://example.atlassian.net", "zendesk": "https://acme.zendesk.com",
+              "servicenow": "https://acme.service-now.com", "webhook": "https://tickets.example.com/hook"}
+_PRIORITIES = ("P0", "P1", "P2", "P3", "P4")
+
+
+def _check_sink(sink: SinkSettings, origin: str) -> None:
+    _check_positive_numbers(origin, (
+        ("sink.batch_size", sink.batch_size), ("sink.max_backlog", sink.max_backlog),
+        ("sink.retries", sink.retries), ("sink.timeout", sink.timeout),
+    ))
+    for dotted, seconds in (("sink.backoff", sink.backoff), ("sink.drain_timeout", sink.drain_timeout)):
+        if not 0 <= seconds <= MAX_SECONDS:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {seconds:g}; use a number of seconds, 0 or more"
+            )
+    for dotted, variable in (
+        ("sink.jira.token_env", sink.jira.token_env),
+        ("sink.zendesk.token_env", sink.zendesk.token_env),
+        ("sink.servicenow.password_env", sink.servicenow.password_env),
+        ("sink.webhook.secret_env", sink.webhook.secret_env),
+    ):
+        if not variable.startswith("TICKETFLOW_"):
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {variable!r}; name a TICKETFLOW_* "
+                "environment variable that holds the secret"
+            )
+    if sink.kind != "none":
+        url = getattr(sink, sink.kind).url
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"invalid value for 'sink.{sink.kind}.url' in {origin}: {url!r}; [sink] kind is "
+                f"{sink.kind!r}, so give its base URL, e.g. {_SINK_URLS[sink.kind]!r}"
+            )
+    for index, rule in enumerate(sink.rules):
+        _check_rule(rule, f"sink.rules[{index}]", sink.kind, origin)
+
+
+def _check_rule(rule: MappingRule, dotted: str, kind: str, origin: str) -> None:
+    from ticketflow.operators.mapping import FIELD_SINKS, fields_set_by
+
+    for priority in rule.when.priority:
+        if priority not in _PRIORITIES:
+            raise ConfigError(
+                f"invalid value for '{dotted}.when.priority' in {origin}: {priority!r}; use P0 to P4"
+            )
+    for status in rule.when.status:
+        if status not in ("open", "review"):
+            raise ConfigError(
+                f"invalid value for '{dotted}.when.status' in {origin}: {status!r}; use \"open\" or \"review\""
+            )
+    if kind == "none":
+        return
+    for name in fields_set_by(rule):
+        readers = FIELD_SINKS[name]
+        if kind not in readers:
+            raise ConfigError(
+                f"'{dotted}.{name}' in {origin} is read by {', '.join(sorted(readers))} only, "
+                f"and [sink] kind is {kind!r}; remove it or change the kind"
+            )
+
+
+def _check_attachments(attachments: AttachmentSettings, origin: str) -> None:
+    _check_positive_numbers(origin, (
+        ("attachments.max_file_bytes", attachments.max_file_bytes),
+        ("attachments.max_message_bytes", attachments.max_message_bytes),
+    ))
+    for dotted, types in (("attachments.allow_types", attachments.allow_types),
+                          ("attachments.deny_types", attachments.deny_types)):
+        for media_type in types:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/(\*|[a-z0-9][a-z0-9.+-]*)", media_type):
+                raise ConfigError(
+                    f"invalid value for '{dotted}' in {origin}: {media_type!r}; use lowercase "
+                    "types like \"application/pdf\" or \"image/*\""
+                )
+    clamd = attachments.clamd
+    if clamd and not re.fullmatch(r"tcp://[^/:]+:[0-9]{1,5}|unix:///.+", clamd):
+        raise ConfigError(
+            f"invalid value for 'attachments.clamd' in {origin}: {clamd!r}; use "
+            "\"tcp://HOST:PORT\" or \"unix:///path/to/clamd.sock\", or \"\" to scan nothing"
+        )
+    if attachments.base_url and not attachments.base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"invalid value for 'attachments.base_url' in {origin}: {attachments.base_url!r}; "
+            "use an http(s):// URL under which the store's files are served, or \"\" for file:// links"
+        )
+
+
+def _check_positive_numbers(origin: str, values: tuple[tuple[str, float], ...]) -> None:
+    for dotted, number in values:
+        if not 0 < number <= MAX_SECONDS:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {number:g}; use a positive number"
+            )

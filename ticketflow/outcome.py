@@ -85,6 +85,9 @@ class RunSummary:
     suppressed: int = 0
     dead_letters: int = 0
     review: int = 0
+    # What the external sink got by the end of the run (`runner.drain_deliveries`);
+    # None without a sink. Kept apart from the counts above, which count inputs.
+    deliveries: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, outcome: Outcome) -> None:

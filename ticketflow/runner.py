@@ -152,6 +152,7 @@ def run_flow(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     metrics: FlowMetrics | None = None,
     tracer_provider: Any = None,
+    sink: Any = None,
 ) -> RunSummary:
     """Run the main job until its source ends (or a stop is requested); return the counts.
 
@@ -159,7 +160,8 @@ def run_flow(
     `metrics` counts the run and tracks its readiness. The caller serves it
     (`ticketflow.metrics.start_metrics_server` does both). With `[tracing] enabled`,
     spans go to `tracer_provider`, or to the SDK provider `ticketflow.tracing`
-    installs from the settings; they are flushed when the run ends.
+    installs from the settings; they are flushed when the run ends. `sink`
+    replaces the external sink `[sink] kind` names (a `TicketSink`).
     """
     tracer = open_flow_tracer(settings.tracing, tracer_provider)
     owns_store = isinstance(store, str)
@@ -170,10 +172,12 @@ def run_flow(
     stop = stop or StopSignal()
     stop.install()
     dead_letter_topic = open_dead_letter_topic(str(input_name), settings, dead_letter_topic_name)
+    delivery = _open_delivery(settings, ticket_store, process_id, sink)
     try:
         context = FlowContext(
             settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
             dead_letter_topic=dead_letter_topic, metrics=metrics, tracer=tracer,
+            delivery=delivery,
         )
         inner = source or build_source(str(input_name), settings, drain=drain, batch_size=batch_size)
         on_listed = readiness.source_listed if readiness is not None else None
@@ -192,9 +196,14 @@ def run_flow(
             epoch_interval=timedelta(seconds=snapshot_interval),
             recovery_config=recovery,
         )
+        if delivery is not None and addresses is None:
+            # A cluster's parent drains once every process is done (`drain_deliveries`).
+            context.summary.deliveries = drain_deliveries(delivery, stop.event.is_set())
         log.info("run finished: %s", context.summary.as_dict())
         return context.summary
     finally:
+        if delivery is not None:
+            delivery.close()
         if tracer is not None:
             tracer.flush()
         if readiness is not None:
@@ -203,6 +212,41 @@ def run_flow(
             dead_letter_topic.close()
         if owns_store:
             ticket_store.close()
+
+
+def _open_delivery(settings: Settings, store: Any, process_id: int | None, sink: Any) -> Any:
+    """Queue deliveries for the sink in every process; send them from process 0 only."""
+    if sink is None and settings.sink.kind == "none":
+        return None
+    store.deliver_to((sink.name if sink is not None else settings.sink.kind,))
+    if process_id not in (None, 0):
+        return None
+    from ticketflow.connectors.delivery import Delivery
+    from ticketflow.connectors.sink import open_sink
+
+    sink = sink or open_sink(settings)
+    return Delivery(sink, store, settings, attachments=attachment_store_for(settings))
+
+
+def attachment_store_for(settings: Settings) -> Any:
+    """Open the attachment store `[attachments] store` names, or None."""
+    if not settings.attachments.store:
+        return None
+    from ticketflow.connectors.attachment_store import LocalAttachmentStore
+
+    return LocalAttachmentStore(Path(settings.attachments.store), settings.attachments.base_url)
+
+
+# Seconds a stopped (SIGTERM) run still spends sending its backlog.
+STOPPING_DRAIN_SECONDS = 5.0
+
+
+def drain_deliveries(delivery: Any, stopping: bool = False) -> dict[str, Any]:
+    """Send what is still pending at the end of a run; return the sink's counts for the summary."""
+    timeout = min(STOPPING_DRAIN_SECONDS, delivery.drain_timeout) if stopping else None
+    counts = delivery.drain(timeout)
+    return {"sink": delivery.sink.name, **delivery.counts.as_dict(),
+            "pending": int(counts.get("pending", 0))}
 
 
 FAULT_KILL_VARIABLE = "TICKETFLOW_FAULT_KILL_AFTER_BATCHES"
@@ -256,6 +300,7 @@ def run_corpus(
     *,
     workers: int = 1,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sink: Any = None,
 ) -> RunSummary:
     """Run the main job over a corpus (file, folder, mbox or Maildir) until it is drained."""
-    return run_flow(input_path, settings, store, workers=workers, clock=clock)
+    return run_flow(input_path, settings, store, workers=workers, clock=clock, sink=sink)

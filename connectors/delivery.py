@@ -1,0 +1,414 @@
+"""Delivery: the store's tickets mirrored into an external sink, once each, at the sink's pace.
+
+The store is the outbox. When a sink is configured, the transaction that stores
+a message also queues a pending delivery of it for the sink (and a merge of two
+tickets queues a "merge:<old id>" delivery); `Delivery` sends what is pending,
+oldest first, and marks each item done or rejected in the store. So:
+
+- **Nothing is lost.** A crash between the store write and the sink call leaves
+  the item pending; the next run sends it. A message stored again (a replay,
+  a restart from a snapshot) is never queued twice.
+- **Nothing is made twice.** Before creating a ticket, the sink is asked for one
+  with the same external id (ticketflow's ticket id), so a replay into a new
+  store, or a create whose answer was lost, finds the ticket instead. A comment
+  whose earlier try had an unknown outcome, or on a ticket found rather than
+  created, is checked against the sink's comments (`verify=True`) first.
+- **The flow does not sleep on a sink.** `deliver_due` runs after each store
+  write. HTTP 429 pauses delivery for the Retry-After delay and an unavailable
+  sink for a growing backoff; meanwhile the store keeps taking mail and the
+  backlog waits in it. Only when the backlog passes `[sink] max_backlog` does
+  `deliver_due` wait for the sink, which holds the source back (backpressure).
+- **Refusals become dead letters.** A permanent refusal (4xx) marks the item
+  rejected and stores a dead letter `sink_rejected` with the sink's answer and
+  the message's source; `ticketflow deliver --retry-rejected` queues them again
+  once the cause is fixed.
+
+A ticket's reference in the sink (`external` in the ticket document) is
+recorded when it is created; a sink whose references are human keys (Jira)
+also gives the ticket its key, so mail quoting `[SUP-42]` threads onto it.
+When a ticket's review status, reasons, priority or subject change, the sink
+gets `update_ticket`.
+
+One `Delivery` per run sends for the whole run (worker 0 of process 0), so
+items are sent in order and never by two workers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ticketflow.config import Settings
+from ticketflow.connectors.sink import (
+    RateLimited,
+    SinkAttachment,
+    SinkMessage,
+    SinkRejected,
+    SinkTicket,
+    SinkUnavailable,
+    TicketSink,
+    open_sink,
+)
+from ticketflow.model import DeadLetter
+from ticketflow.operators.mapping import mapped_fields
+from ticketflow.outcome import Outcome
+
+log = logging.getLogger(__name__)
+
+# Longest pause after repeated unavailability, in seconds.
+MAX_UNAVAILABLE_PAUSE = 60.0
+
+
+@dataclass
+class DeliveryCounts:
+    """What one `Delivery` did in this process."""
+
+    delivered: int = 0
+    rejected: int = 0
+    rate_limited: int = 0
+    unavailable: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "rejected": self.rejected,
+                "rate_limited": self.rate_limited, "unavailable": self.unavailable}
+
+
+class Delivery:
+    """Send a store's pending deliveries to one sink; see the module docstring.
+
+    `attachments` reads stored files by SHA-256 (an `AttachmentStore`), or is None
+    when no attachment store is configured. `clock` and `sleep` are injected so
+    tests control pauses.
+    """
+
+    def __init__(
+        self,
+        sink: TicketSink,
+        store: Any,
+        settings: Settings,
+        *,
+        attachments: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sink = sink
+        self.store = store
+        self.counts = DeliveryCounts()
+        self._settings = settings
+        self._attachments = attachments
+        self._clock = clock
+        self._sleep = sleep
+        self._paused_until = 0.0
+        self._unavailable_pause = settings.sink.backoff
+        store.deliver_to((sink.name,))
+
+    # -- when to send ------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        """Send up to `[sink] batch_size` pending items unless paused; return how many were sent.
+
+        While paused it returns at once, unless the backlog has passed
+        `[sink] max_backlog`: then it waits out the pause, holding the flow back.
+        """
+        wait = self._paused_until - self._clock()
+        if wait > 0:
+            if self._backlog() <= self._settings.sink.max_backlog:
+                return 0
+            log.warning("%s backlog over sink.max_backlog = %d; waiting %.1fs for the sink",
+                        self.sink.name, self._settings.sink.max_backlog, wait)
+            self._sleep(wait)
+        return self._send_batch()
+
+    def drain(self, timeout: float | None = None) -> dict[str, int]:
+        """Send until nothing is pending or `timeout` seconds (default `[sink] drain_timeout`) pass.
+
+        Used at the end of a finite run and by `ticketflow deliver`; here waiting
+        for the sink is the point. Returns the store's counts by state.
+        """
+        timeout = self._settings.sink.drain_timeout if timeout is None else timeout
+        deadline = self._clock() + timeout
+        while self._backlog() > 0:
+            wait = self._paused_until - self._clock()
+            if wait > 0:
+                if self._clock() + wait > deadline:
+                    break
+                self._sleep(wait)
+            if self._send_batch() == 0 and self._paused_until <= self._clock():
+                break
+            if self._clock() >= deadline:
+                break
+        counts = self.store.delivery_counts(self.sink.name)
+        if counts.get("pending"):
+            log.warning("%s: %d deliveries still pending; `ticketflow deliver` sends them later",
+                        self.sink.name, counts["pending"])
+        return counts
+
+    @property
+    def drain_timeout(self) -> float:
+        return self._settings.sink.drain_timeout
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def _backlog(self) -> int:
+        return int(self.store.delivery_counts(self.sink.name).get("pending", 0))
+
+    # -- one batch ---------------------------------------------------------------
+
+    def _send_batch(self) -> int:
+        pending = self.store.pending_deliveries(self.sink.name, self._settings.sink.batch_size)
+        sent = 0
+        for item in pending:
+            try:
+                self._send(item)
+            except RateLimited as exc:
+                self.counts.rate_limited += 1
+                self._paused_until = self._clock() + exc.retry_after
+                log.warning("%s; %d deliveries wait in the store", exc, len(pending) - sent)
+                break
+            except SinkUnavailable as exc:
+                self.counts.unavailable += 1
+                self.store.count_attempt(self.sink.name, item.tenant, item.item)
+                self._pause_unavailable(exc)
+                break
+            except SinkRejected as exc:
+                self._reject(item, exc)
+            except Exception as exc:  # a sink bug must not stop the flow; the item stays pending
+                log.exception("%s failed on %s of tenant %s", self.sink.name, item.item, item.tenant)
+                self.counts.unavailable += 1
+                self.store.count_attempt(self.sink.name, item.tenant, item.item)
+                self._pause_unavailable(SinkUnavailable(self.sink.name, f"{type(exc).__name__}: {exc}"))
+                break
+            else:
+                self.counts.delivered += 1
+                self._unavailable_pause = self._settings.sink.backoff
+            sent += 1
+        return sent
+
+    def _pause_unavailable(self, exc: SinkUnavailable) -> None:
+        pause = max(self._unavailable_pause, 0.001)
+        self._paused_until = self._clock() + pause
+        self._unavailable_pause = min(pause * 2, MAX_UNAVAILABLE_PAUSE)
+        log.warning("%s; trying again in %.1fs", exc, pause)
+
+    def _send(self, item: Any) -> None:
+        if item.merged is not None:
+            self._send_merge(item)
+        else:
+            self._send_message(item)
+        self.store.record_delivery(self.sink.name, item.tenant, item.item, "done")
+
+    def _reject(self, item: Any, exc: SinkRejected) -> None:
+        self.counts.rejected += 1
+        reason = str(exc)
+        self.store.record_delivery(self.sink.name, item.tenant, item.item, "rejected", reason)
+        log.error("%s refused %s of tenant %s: %s", self.sink.name, item.item, item.tenant, reason)
+        if item.message is None:
+            return
+        source = item.message["source"]
+        letter = DeadLetter(
+            source=source,
+            reason="sink_rejected",
+            detail=reason,
+            raw=json.dumps(item.message["event"], ensure_ascii=False).encode(),
+        )
+        self.store.write([Outcome(kind="dead_letter", source=source, dead_letter=letter)])
+
+    # -- messages ----------------------------------------------------------------
+
+    def _send_message(self, item: Any) -> None:
+        document = self.store.ticket(item.ticket_id) if item.ticket_id else None
+        if document is None:
+            log.warning("%s: message %s has no ticket any more; nothing to send", self.sink.name, item.item)
+            return
+        ticket = sink_ticket(document, self._settings)
+        message = sink_message(item.message)
+        ref = document["external"].get(self.sink.name)
+
+        if ref is None:
+            ref, found = self._open_ticket(document, ticket)
+            if ticket.first_message.event_id == message.event_id:
+                self._attach(ref, ticket, message)
+            else:
+                self._attach(ref, ticket, ticket.first_message)
+                self._comment(ref, ticket, message, verify=found or item.attempts > 0)
+        else:
+            remembered = self._remembered(document)
+            if remembered.get("description") != message.event_id:
+                # A ticket found rather than created may hold this comment already (a replay).
+                verify = item.attempts > 0 or bool(remembered.get("found"))
+                self._comment(ref, ticket, message, verify=verify)
+        self._sync_fields(ref, document, ticket)
+
+    def _comment(self, ref: str, ticket: SinkTicket, message: SinkMessage, verify: bool) -> None:
+        self.sink.add_comment(ref, ticket, message, verify)
+        self._attach(ref, ticket, message)
+
+    def _open_ticket(self, document: dict[str, Any], ticket: SinkTicket) -> tuple[str, bool]:
+        """Find or create the ticket in the sink and record its reference; return (ref, found)."""
+        ref = self.sink.find_ticket(ticket)
+        found = ref is not None
+        if ref is None:
+            ref = self.sink.create_ticket(ticket)
+            log.info("%s ticket %s created for %s (%s)", self.sink.name, ref, document["key"],
+                     document["ticket_id"])
+        else:
+            log.info("%s ticket %s found for %s; not created again", self.sink.name, ref, document["key"])
+        self.store.record_external(document["ticket_id"], self.sink.name, ref, self.sink.keys_are_human)
+        self._remember(document, ticket.first_message.event_id, _fingerprint(document), found=found)
+        return ref, found
+
+    def _attach(self, ref: str, ticket: SinkTicket, message: SinkMessage) -> None:
+        if self._attachments is None:
+            return
+        files = []
+        for attachment in message.attachments:
+            if attachment.download_url is None or attachment.quarantined or attachment.refused:
+                continue
+            data = self._attachments.get(attachment.sha256)
+            if data is None:
+                log.warning("attachment %s of %s is not in the attachment store; not uploaded",
+                            attachment.sha256[:12], message.event_id)
+                continue
+            files.append((attachment, data))
+        if files:
+            self.sink.attach_files(ref, ticket, message, files)
+
+    # -- ticket fields and merges -------------------------------------------------
+
+    def _sync_fields(self, ref: str, document: dict[str, Any], ticket: SinkTicket) -> None:
+        """Send `update_ticket` when status, reasons, priority or subject changed since last sent."""
+        remembered = self._remembered(document)
+        fingerprint = _fingerprint(document)
+        if remembered.get("fields") == fingerprint:
+            return
+        self.sink.update_ticket(ref, ticket)
+        self._remember(document, remembered.get("description", ""), fingerprint,
+                       found=bool(remembered.get("found")))
+
+    def _send_merge(self, item: Any) -> None:
+        merged = item.merged
+        old_ref = merged["old_external"].get(self.sink.name)
+        document = self.store.ticket(merged["old_id"])
+        if old_ref is None or document is None:
+            return
+        ticket = sink_ticket(document, self._settings)
+        ref = document["external"].get(self.sink.name)
+        if ref is None:
+            # The surviving ticket was never sent: it carries on as the old one in the sink.
+            self.store.record_external(document["ticket_id"], self.sink.name, old_ref, self.sink.keys_are_human)
+            self._remember(document, "", "", found=True)
+            log.info("%s ticket %s now stands for %s", self.sink.name, old_ref, document["key"])
+            return
+        if ref != old_ref:
+            self.sink.link_tickets(ref, old_ref, ticket)
+            log.info("%s ticket %s linked to %s (one thread)", self.sink.name, old_ref, ref)
+
+    def _remembered(self, document: dict[str, Any]) -> dict[str, Any]:
+        detail = self.store.delivery_detail(self.sink.name, document["tenant"], f"ticket:{document['ticket_id']}")
+        return json.loads(detail) if detail else {}
+
+    def _remember(self, document: dict[str, Any], description: str, fingerprint: str, *, found: bool) -> None:
+        """Keep which message is the ticket's description, the fields last sent, and whether
+        the ticket was found in the sink rather than created (then its comments are checked)."""
+        detail = json.dumps({"description": description, "fields": fingerprint, "found": found})
+        self.store.record_delivery(self.sink.name, document["tenant"], f"ticket:{document['ticket_id']}",
+                                   "done", detail)
+
+
+def _fingerprint(document: dict[str, Any]) -> str:
+    return json.dumps([document["status"], document["review_reasons"], document["priority"],
+                       document["subject"]])
+
+
+# -- from ledger documents to the sink's shapes ------------------------------------
+
+
+def sink_ticket(document: dict[str, Any], settings: Settings) -> SinkTicket:
+    """Build the `SinkTicket` of a ticket document, with the mapping rules applied."""
+    first = _first_person_message(document)
+    return SinkTicket(
+        external_id=document["ticket_id"],
+        key=document["key"],
+        tenant=document["tenant"],
+        subject=document["subject"],
+        requester=document["requester"],
+        requester_name=first.sender_name if first.sender == document["requester"] else "",
+        participants=tuple(document["participants"]),
+        priority=document["priority"],
+        component=document["component"],
+        environment=document["environment"],
+        tier=document["tier"],
+        status=document["status"],
+        review_reasons=tuple(document["review_reasons"]),
+        reply_address=document["reply_address"],
+        first_message=first,
+        mapped=mapped_fields(settings.sink.rules, document),
+    )
+
+
+def _first_person_message(document: dict[str, Any]) -> SinkMessage:
+    messages = document["messages"]
+    people = [message for message in messages if message["kind"] != "auto_reply"] or messages
+    return _message_from_document(people[0])
+
+
+def _message_from_document(message: dict[str, Any]) -> SinkMessage:
+    return SinkMessage(
+        dedupe_key="",
+        event_id=message["event_id"],
+        message_id=message["message_id"],
+        sender=message["from"],
+        sender_name=message.get("from_name", ""),
+        sent_at=message.get("sent_at", message["received_at"]),
+        received_at=message["received_at"],
+        kind=message["kind"],
+        text=message["text"],
+        html=message["html"],
+        authentication=message["authentication"],
+        attachments=tuple(sink_attachment(item) for item in message["attachments"]),
+    )
+
+
+def sink_message(stored: dict[str, Any]) -> SinkMessage:
+    """Build the `SinkMessage` of a pending delivery's message."""
+    event = stored["event"]
+    envelope = event["envelope"]
+    return SinkMessage(
+        dedupe_key="",
+        event_id=stored["event_id"],
+        message_id=stored["message_id"],
+        sender=stored["from"],
+        sender_name=envelope.get("from_name", ""),
+        sent_at=stored["sent_at"],
+        received_at=stored["received_at"],
+        kind="auto_reply" if stored["automatic"] else "reply",
+        text=event["text"],
+        html=event["html"],
+        authentication=event["authentication"],
+        attachments=tuple(sink_attachment(item) for item in event["attachments"]),
+    )
+
+
+def sink_attachment(item: dict[str, Any]) -> SinkAttachment:
+    return SinkAttachment(
+        filename=item.get("filename") or "attachment",
+        content_type=item.get("content_type") or "application/octet-stream",
+        size=int(item.get("size") or 0),
+        sha256=item.get("sha256") or "",
+        download_url=item.get("download_url"),
+        quarantined=item.get("quarantined"),
+        refused=item.get("refused"),
+    )
+
+
+def open_delivery(settings: Settings, store: Any, attachments: Any = None) -> Delivery | None:
+    """Build the delivery to the sink `[sink] kind` names, or None when there is none."""
+    sink = open_sink(settings)
+    if sink is None:
+        return None
+    return Delivery(sink, store, settings, attachments=attachments)
