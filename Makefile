@@ -44,6 +44,11 @@ services: $(VENV)/.installed-test
 	@command -v promtool >/dev/null 2>&1 \
 	  || apt-get install -y -q prometheus >/dev/null 2>&1 \
 	  || echo "prometheus (promtool) is not installed; the tests that need it will skip"
+	@# Debian's clamav-daemon gives clamd. The tests start their own clamd with a local
+	@# test-signature database, so neither freshclam nor the system service is needed.
+	@command -v clamd >/dev/null 2>&1 || test -x /usr/sbin/clamd \
+	  || apt-get install -y -q clamav-daemon >/dev/null 2>&1 \
+	  || echo "clamav-daemon (clamd) is not installed; the tests that need it will skip"
 
 # Benchmarks need the bench extras (pytest-benchmark, the other parsers, matplotlib),
 # Redis and PostgreSQL; they start their own Tansu broker. See benchmarks/run.py.

@@ -217,8 +217,8 @@ def test_attachment_types_must_be_media_types():
 def test_clamd_address_has_one_of_two_forms():
     with pytest.raises(ConfigError, match=r"'attachments.clamd'.*'clamd:3310'.*tcp://HOST:PORT"):
         settings_from_mapping({"attachments": {"clamd": "clamd:3310"}})
-    settings = settings_from_mapping({"attachments": {"clamd": "unix:///run/clamav/clamd.ctl"}})
-    assert settings.attachments.clamd == "unix:///run/clamav/clamd.ctl"
+    for address in ("unix:///run/clamav/clamd.ctl", "tcp://[::1]:3310", "tcp://clamd:3310"):
+        assert settings_from_mapping({"attachments": {"clamd": address}}).attachments.clamd == address
 
 
 def test_sink_numbers_must_be_positive():

@@ -25,6 +25,7 @@ import yaml
 
 from ticketflow.cli import _parser as cli_parser
 from ticketflow.config import Settings, load_settings
+from ticketflow.connectors.clamd import parse_address
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -38,6 +39,7 @@ FLOW = "ticketflow"
 KAFKA = "kafka"
 KAFKA_INIT = "kafka-init"
 REDIS = "redis"
+CLAMD = "clamd"
 
 # A compose variable reference: ${NAME}, ${NAME:-default}, ${NAME:?message} and the
 # forms without the colon.
@@ -245,7 +247,7 @@ def test_service_images_are_pinned(services):
 
 
 @pytest.mark.parametrize(
-    "name", [KAFKA, KAFKA_INIT, REDIS, "postgres", FLOW, "prometheus", "grafana"]
+    "name", [KAFKA, KAFKA_INIT, REDIS, "postgres", CLAMD, FLOW, "prometheus", "grafana"]
 )
 def test_cluster_service_exists(services, name):
     assert name in services, f"docker-compose.yml has no `{name}` service"
@@ -277,6 +279,7 @@ def test_bind_mounts_exist_in_repository(services):
         (KAFKA, r"kafka-broker-api-versions|kafka-topics"),
         (REDIS, r"redis-cli\b.*\bping"),
         ("postgres", r"pg_isready"),
+        (CLAMD, r"clamdcheck|PING"),
         (FLOW, r"/healthz"),
     ],
 )
@@ -300,6 +303,7 @@ def test_init_waits_for_healthy_broker(services):
     [
         (KAFKA, "service_healthy"),
         (REDIS, "service_healthy"),
+        (CLAMD, "service_healthy"),
         (KAFKA_INIT, "service_completed_successfully"),
     ],
 )
@@ -426,6 +430,65 @@ def test_redis_url_names_redis_service(services, deploy_settings):
         f"[state] redis_url {deploy_settings.state.redis_url!r} should name the {REDIS} service"
     )
     assert host in services, f"[state] redis_url names {host!r}, which is no compose service"
+
+
+def clamd_size(value: str) -> int:
+    """Return a clamd.conf size (`25M`, `512K` or bytes) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)", value.strip())
+    assert match, f"unreadable clamd.conf size {value!r}"
+    factor = {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+    return int(match.group(1)) * factor
+
+
+def test_clamd_address_names_clamd_service(services, deploy_settings):
+    address = parse_address(deploy_settings.attachments.clamd)
+    assert address.host == CLAMD, (
+        f"[attachments] clamd {deploy_settings.attachments.clamd!r} should name the {CLAMD} service"
+    )
+    assert address.port in container_ports(services[CLAMD]), (
+        f"[attachments] clamd uses port {address.port}, "
+        f"{CLAMD} exposes {container_ports(services[CLAMD])}"
+    )
+
+
+def test_clamd_not_published_on_host(services):
+    assert not services[CLAMD].get("ports"), (
+        f"{CLAMD} publishes {services[CLAMD]['ports']} on the host; only the flow needs it, "
+        "so `expose` is enough"
+    )
+
+
+def test_clamd_database_lives_on_volume(services):
+    targets = {
+        target for source, target, _ in volume_mounts(services[CLAMD]) if is_named_volume(source)
+    }
+    assert "/var/lib/clamav" in targets, (
+        f"{CLAMD} keeps its signatures in /var/lib/clamav, which is on no named volume, "
+        "so every new container downloads them again"
+    )
+
+
+def test_clamd_accepts_largest_attachment(services, deploy_settings):
+    limit = deploy_settings.attachments.max_file_bytes
+    value = environment(services[CLAMD]).get("CLAMD_CONF_StreamMaxLength")
+    assert value is not None, f"the {CLAMD} service does not set CLAMD_CONF_StreamMaxLength"
+    assert clamd_size(value) >= limit, (
+        f"clamd's StreamMaxLength {value} is below [attachments] max_file_bytes {limit}, "
+        "so clamd would reject the largest allowed attachment"
+    )
+
+
+def test_attachment_store_lives_on_volume(services, deploy_settings):
+    store = deploy_settings.attachments.store
+    assert store, f"{DEPLOY_CONFIG} sets no [attachments] store"
+    assert PurePosixPath(store).is_absolute(), f"the attachment store {store} is a relative path"
+    volume_targets = [
+        target for source, target, _ in volume_mounts(services[FLOW]) if is_named_volume(source)
+    ]
+    assert any(under(store, target) for target in volume_targets), (
+        f"the attachment store {store} is on no named volume of ticketflow, "
+        "so stored files are lost with the container"
+    )
 
 
 @pytest.mark.parametrize("setting", ["KAFKA_MESSAGE_MAX_BYTES", "KAFKA_REPLICA_FETCH_MAX_BYTES"])

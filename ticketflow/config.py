@@ -791,7 +791,7 @@ def _check_attachments(attachments: AttachmentSettings, origin: str) -> None:
                     "types like \"application/pdf\" or \"image/*\""
                 )
     clamd = attachments.clamd
-    if clamd and not re.fullmatch(r"tcp://[^/:]+:[0-9]{1,5}|unix:///.+", clamd):
+    if clamd and not re.fullmatch(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+):[0-9]{1,5}|unix:///.+", clamd):
         raise ConfigError(
             f"invalid value for 'attachments.clamd' in {origin}: {clamd!r}; use "
             "\"tcp://HOST:PORT\" or \"unix:///path/to/clamd.sock\", or \"\" to scan nothing"

@@ -1,4 +1,4 @@
-"""Store fixtures: the same tests run against SQLite and PostgreSQL, each on a fresh store."""
+"""Connector fixtures: stores of both kinds (each test on a fresh store) and a clamd daemon."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.connectors.clamd_daemon import ClamdDaemon, clamd_binary
 from tests.connectors.postgres_schemas import execute_in_schema, store_url, temporary_schemas
 from ticketflow.connectors import store as sqlite_module
 from ticketflow.connectors.store import TicketStore, open_store
@@ -99,3 +100,12 @@ def postgres_schemas() -> Iterator[Callable[[], str]]:
     """Name fresh PostgreSQL schemas; all are dropped after the test."""
     with temporary_schemas() as fresh_schema:
         yield fresh_schema
+
+
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[ClamdDaemon]:
+    """Run one clamd with the test signatures on a loopback port, or skip without clamd."""
+    if clamd_binary() is None:
+        pytest.skip("clamd not installed: apt-get install clamav-daemon")
+    with ClamdDaemon() as daemon:
+        yield daemon
