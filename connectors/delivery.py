@@ -59,18 +59,28 @@ from ticketflow.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
-# Longest pause after repeated unavailability, in seconds.
+# Maximum pause after repeated unavailability, in seconds.
 MAX_UNAVAILABLE_PAUSE = 60.0
+# Minimum seconds between two counts of the backlog for the metrics gauge.
+BACKLOG_GAUGE_INTERVAL = 5.0
 
 
 @dataclass
 class DeliveryCounts:
-    """What one `Delivery` did in this process."""
+    """Counts of what one `Delivery` did in this process, reported at the end of a run."""
 
     delivered: int = 0
     rejected: int = 0
     rate_limited: int = 0
     unavailable: int = 0
+    metrics: Any = None
+    sink: str = ""
+
+    def add(self, result: str) -> None:
+        """Count one delivery `result` ("delivered", "rejected", …), in the metrics too."""
+        setattr(self, result, getattr(self, result) + 1)
+        if self.metrics is not None:
+            self.metrics.sink_deliveries.labels(self.sink, result).inc()
 
     def as_dict(self) -> dict[str, int]:
         return {"delivered": self.delivered, "rejected": self.rejected,
@@ -92,12 +102,15 @@ class Delivery:
         settings: Settings,
         *,
         attachments: Any = None,
+        metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sink = sink
         self.store = store
-        self.counts = DeliveryCounts()
+        self.counts = DeliveryCounts(metrics=metrics, sink=sink.name)
+        self._metrics = metrics
+        self._backlog_counted_at = float("-inf")
         self._settings = settings
         self._attachments = attachments
         self._clock = clock
@@ -105,6 +118,8 @@ class Delivery:
         self._paused_until = 0.0
         self._unavailable_pause = settings.sink.backoff
         store.deliver_to((sink.name,))
+        if metrics is not None:
+            metrics.sink_opened(sink.name)
 
     # -- when to send ------------------------------------------------------------
 
@@ -114,6 +129,7 @@ class Delivery:
         While paused it returns at once, unless the backlog has passed
         `[sink] max_backlog`: then it waits out the pause, holding the flow back.
         """
+        self._update_backlog_gauge()
         wait = self._paused_until - self._clock()
         if wait > 0:
             if self._backlog() <= self._settings.sink.max_backlog:
@@ -142,6 +158,8 @@ class Delivery:
             if self._clock() >= deadline:
                 break
         counts = self.store.delivery_counts(self.sink.name)
+        if self._metrics is not None:
+            self._metrics.sink_backlog.labels(self.sink.name).set(counts.get("pending", 0))
         if counts.get("pending"):
             log.warning("%s: %d deliveries still pending; `ticketflow deliver` sends them later",
                         self.sink.name, counts["pending"])
@@ -157,6 +175,12 @@ class Delivery:
     def _backlog(self) -> int:
         return int(self.store.delivery_counts(self.sink.name).get("pending", 0))
 
+    def _update_backlog_gauge(self) -> None:
+        if self._metrics is None or self._clock() - self._backlog_counted_at < BACKLOG_GAUGE_INTERVAL:
+            return
+        self._backlog_counted_at = self._clock()
+        self._metrics.sink_backlog.labels(self.sink.name).set(self._backlog())
+
     # -- one batch ---------------------------------------------------------------
 
     def _send_batch(self) -> int:
@@ -166,12 +190,12 @@ class Delivery:
             try:
                 self._send(item)
             except RateLimited as exc:
-                self.counts.rate_limited += 1
+                self.counts.add("rate_limited")
                 self._paused_until = self._clock() + exc.retry_after
                 log.warning("%s; %d deliveries wait in the store", exc, len(pending) - sent)
                 break
             except SinkUnavailable as exc:
-                self.counts.unavailable += 1
+                self.counts.add("unavailable")
                 self.store.count_attempt(self.sink.name, item.tenant, item.item)
                 self._pause_unavailable(exc)
                 break
@@ -179,12 +203,12 @@ class Delivery:
                 self._reject(item, exc)
             except Exception as exc:  # a sink bug must not stop the flow; the item stays pending
                 log.exception("%s failed on %s of tenant %s", self.sink.name, item.item, item.tenant)
-                self.counts.unavailable += 1
+                self.counts.add("unavailable")
                 self.store.count_attempt(self.sink.name, item.tenant, item.item)
                 self._pause_unavailable(SinkUnavailable(self.sink.name, f"{type(exc).__name__}: {exc}"))
                 break
             else:
-                self.counts.delivered += 1
+                self.counts.add("delivered")
                 self._unavailable_pause = self._settings.sink.backoff
             sent += 1
         return sent
@@ -203,7 +227,7 @@ class Delivery:
         self.store.record_delivery(self.sink.name, item.tenant, item.item, "done")
 
     def _reject(self, item: Any, exc: SinkRejected) -> None:
-        self.counts.rejected += 1
+        self.counts.add("rejected")
         reason = str(exc)
         self.store.record_delivery(self.sink.name, item.tenant, item.item, "rejected", reason)
         log.error("%s refused %s of tenant %s: %s", self.sink.name, item.item, item.tenant, reason)

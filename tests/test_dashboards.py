@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.connectors.memory_sink import MemorySink
 from ticketflow.config import load_settings, settings_from_mapping
 from ticketflow.connectors.corpus import iter_corpus
 from ticketflow.connectors.records import RecordsSource
@@ -64,7 +65,7 @@ def run_small_flow(metrics: FlowMetrics, tmp_path: Path) -> dict[str, int]:
     records = list(iter_corpus(SAMPLE))
     records += [RawMessage(source="mem://empty", raw=b""), RawMessage(source="mem://binary", raw=bytes(range(256)))]
     summary = run_flow("dashboards", load_settings(SAMPLE / "ticketflow.toml"), SqliteStore(tmp_path / "t.db"),
-                       source=RecordsSource(records), metrics=metrics)
+                       source=RecordsSource(records), metrics=metrics, sink=MemorySink(name="webhook"))
     return summary.as_dict()
 
 

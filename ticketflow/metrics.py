@@ -110,6 +110,10 @@ _KIND_FIELD = {
 }
 
 
+# Results a delivery to an external sink is counted under.
+SINK_RESULTS = ("delivered", "rejected", "rate_limited", "unavailable")
+
+
 class TenantLabels:
     """Map tenant names onto a bounded set of label values: the known tenants and "other"."""
 
@@ -206,6 +210,7 @@ class FlowMetrics:
         self._define_stage_metrics()
         self._define_outcome_metrics()
         self._define_store_metrics()
+        self._define_sink_metrics()
 
         self.registry.register(KafkaLagCollector())
         ProcessCollector(registry=self.registry)
@@ -289,6 +294,24 @@ class FlowMetrics:
             self.store_requests.labels(STORE_SINK, result)
         self.store_retries.labels(STORE_SINK)
         self.store_seconds.labels(STORE_SINK)
+
+    def _define_sink_metrics(self) -> None:
+        self.sink_deliveries = Counter(
+            f"{PREFIX}sink_deliveries",
+            "Deliveries to the external ticket system by result: delivered, rejected, "
+            "rate_limited, unavailable.",
+            ["sink", "result"], registry=self.registry,
+        )
+        self.sink_backlog = Gauge(
+            f"{PREFIX}sink_backlog", "Deliveries waiting in the store for the external ticket system.",
+            ["sink"], registry=self.registry,
+        )
+
+    def sink_opened(self, sink: str) -> None:
+        """Create the series of a sink at zero, so `rate()` sees its first deliveries."""
+        for result in SINK_RESULTS:
+            self.sink_deliveries.labels(sink, result)
+        self.sink_backlog.labels(sink)
 
     def record_store_write(self, attempts: int, seconds: float, ok: bool) -> None:
         """Count one store write request of `attempts` tries that took `seconds`."""

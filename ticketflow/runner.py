@@ -172,7 +172,7 @@ def run_flow(
     stop = stop or StopSignal()
     stop.install()
     dead_letter_topic = open_dead_letter_topic(str(input_name), settings, dead_letter_topic_name)
-    delivery = _open_delivery(settings, ticket_store, process_id, sink)
+    delivery = _open_delivery(settings, ticket_store, process_id, sink, metrics)
     try:
         context = FlowContext(
             settings=settings, store=ticket_store, clock=clock, stopping=stop.event,
@@ -214,7 +214,9 @@ def run_flow(
             ticket_store.close()
 
 
-def _open_delivery(settings: Settings, store: Any, process_id: int | None, sink: Any) -> Any:
+def _open_delivery(
+    settings: Settings, store: Any, process_id: int | None, sink: Any, metrics: FlowMetrics | None
+) -> Any:
     """Queue deliveries for the sink in every process; send them from process 0 only."""
     if sink is None and settings.sink.kind == "none":
         return None
@@ -225,7 +227,7 @@ def _open_delivery(settings: Settings, store: Any, process_id: int | None, sink:
     from ticketflow.connectors.sink import open_sink
 
     sink = sink or open_sink(settings)
-    return Delivery(sink, store, settings, attachments=attachment_store_for(settings))
+    return Delivery(sink, store, settings, attachments=attachment_store_for(settings), metrics=metrics)
 
 
 def attachment_store_for(settings: Settings) -> Any:

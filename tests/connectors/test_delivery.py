@@ -299,3 +299,25 @@ def threaded(message_id: str, ticket_id: str, *, parent: str,
     return Outcome(kind="threaded", source=event["source"], tenant="acme", copy=copy,
                    ticket_id=ticket_id, dedupe_key=f"dk:{message_id}", merged_from=merged_from,
                    method="in_reply_to")
+
+
+def test_metrics_count_each_result_and_the_backlog(store):
+    from ticketflow.metrics import FlowMetrics
+
+    metrics = FlowMetrics(Settings().routing)
+    sink = MemorySink()
+    clock = FakeClock()
+    delivery = Delivery(sink, store, sample_settings(), metrics=metrics, clock=clock, sleep=clock.sleep)
+    sink.fail("create_ticket", RateLimited("memory", 1.0), SinkRejected("memory", 422, "invalid"))
+    store.write([created("<a@x>", "tkt_a"), created("<b@x>", "tkt_b")])
+
+    delivery.deliver_due()
+    assert metrics.sink_backlog.labels("memory")._value.get() == 2
+    delivery.drain()
+
+    def value(result: str) -> float:
+        return metrics.registry.get_sample_value(
+            "ticketflow_sink_deliveries_total", {"sink": "memory", "result": result})
+
+    assert (value("rate_limited"), value("rejected"), value("delivered")) == (1, 1, 1)
+    assert metrics.sink_backlog.labels("memory")._value.get() == 0
