@@ -1,0 +1,150 @@
+"""The sample corpus through the whole CLI into each ticket system, and again, and into a new store.
+
+Each system is a local HTTP server that follows its documented API
+(tests/connectors/*_api.py). The run goes through `ticketflow run --config`
+with a `[sink]` table and the secret in its TICKETFLOW_* variable, as a user
+would start it. Whatever is run again, each ticket and each comment exists once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ticketflow.cli import main
+from ticketflow.connectors.store import open_store
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "corpus" / "sample"
+SAMPLE_CONFIG = (SAMPLE / "ticketflow.toml").read_text(encoding="utf-8")
+
+
+@dataclass
+class SinkCase:
+    """How to run one ticket system's mock and read what it holds."""
+
+    kind: str
+    start: Callable[[], Any]
+    table: Callable[[Any], str]
+    environment: Callable[[Any], dict[str, str]]
+    ticket_count: Callable[[Any], int]
+    comment_count: Callable[[Any], int]
+
+
+def _jira() -> SinkCase:
+    from tests.connectors.jira_api import JiraApi
+
+    return SinkCase(
+        kind="jira",
+        start=lambda: JiraApi(user="bot@example.com", token="jira-token"),
+        table=lambda api: f'[sink.jira]\nurl = "{api.url}"\nuser = "{api.user}"\n',
+        environment=lambda api: {"TICKETFLOW_JIRA_TOKEN": api.token},
+        ticket_count=lambda api: len(api.issues),
+        comment_count=lambda api: sum(len(issue.comments) for issue in api.issues.values()),
+    )
+
+
+CASES = {"jira": _jira}
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request: pytest.FixtureRequest) -> SinkCase:
+    return CASES[request.param]()
+
+
+@pytest.fixture
+def api(case: SinkCase, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with case.start() as server:
+        for name, value in case.environment(server).items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+def run_into(case: SinkCase, api: Any, store_url: str, tmp_path: Path, capsys: Any) -> dict[str, Any]:
+    config = tmp_path / f"{case.kind}.toml"
+    sink_table = f'[sink]\nkind = "{case.kind}"\nbackoff = 0.01\n\n{case.table(api)}'
+    config.write_text(SAMPLE_CONFIG + "\n" + sink_table, encoding="utf-8")
+    status = main(["run", "--input", str(SAMPLE), "--config", str(config), "--store", store_url,
+                   "--metrics-port", "0", "--json"])
+    assert status == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def stored_tickets(store_url: str) -> list[dict[str, Any]]:
+    store = open_store(store_url, existing=True)
+    try:
+        return store.tickets()
+    finally:
+        store.close()
+
+
+def test_sample_corpus_makes_each_ticket_and_comment_once(case, api, tmp_path, capsys):
+    store_url = f"sqlite:///{tmp_path / 'first.db'}"
+    summary = run_into(case, api, store_url, tmp_path, capsys)
+
+    tickets = stored_tickets(store_url)
+    messages = sum(len(ticket["messages"]) for ticket in tickets)
+    assert summary["deliveries"]["pending"] == 0
+    assert summary["deliveries"]["rejected"] == 0
+    assert case.ticket_count(api) == len(tickets)
+    assert case.comment_count(api) == messages - len(tickets)
+    assert all(case.kind in ticket["external"] for ticket in tickets)
+
+
+def test_running_again_changes_nothing_in_the_system(case, api, tmp_path, capsys):
+    store_url = f"sqlite:///{tmp_path / 'first.db'}"
+    run_into(case, api, store_url, tmp_path, capsys)
+    counts = (case.ticket_count(api), case.comment_count(api))
+
+    run_into(case, api, store_url, tmp_path, capsys)
+    assert (case.ticket_count(api), case.comment_count(api)) == counts
+
+    run_into(case, api, f"sqlite:///{tmp_path / 'new.db'}", tmp_path, capsys)
+    assert (case.ticket_count(api), case.comment_count(api)) == counts
+
+
+def test_jira_keys_become_ticket_keys(tmp_path, capsys, monkeypatch):
+    case = _jira()
+    with case.start() as api:
+        monkeypatch.setenv("TICKETFLOW_JIRA_TOKEN", api.token)
+        store_url = f"sqlite:///{tmp_path / 'jira.db'}"
+        run_into(case, api, store_url, tmp_path, capsys)
+
+        tickets = stored_tickets(store_url)
+        assert sorted(ticket["key"] for ticket in tickets) == sorted(api.issues)
+        assert all(ticket["external"]["jira"] == ticket["key"] for ticket in tickets)
+
+
+def test_reply_quoting_a_jira_key_becomes_a_comment_on_that_issue(tmp_path, capsys, monkeypatch):
+    case = _jira()
+    with case.start() as api:
+        monkeypatch.setenv("TICKETFLOW_JIRA_TOKEN", api.token)
+        store_url = f"sqlite:///{tmp_path / 'jira.db'}"
+        run_into(case, api, store_url, tmp_path, capsys)
+        ticket = next(t for t in stored_tickets(store_url) if t["subject"] == "API timeout on POST /charges")
+        comments_before = len(api.issues[ticket["key"]].comments)
+
+        later = tmp_path / "later"
+        later.mkdir()
+        (later / "reply.eml").write_bytes(
+            f"From: {ticket['requester']}\r\n"
+            "To: acme-support@support.example.com\r\n"
+            f"Subject: Re: [{ticket['key']}] still failing\r\n"
+            "Message-ID: <later-reply@mail.example.com>\r\n"
+            "Date: Mon, 4 May 2026 09:00:00 +0000\r\n"
+            "\r\n"
+            "It failed again this morning.\r\n".encode()
+        )
+        config = tmp_path / "jira.toml"
+        assert main(["run", "--input", str(later), "--config", str(config), "--store", store_url,
+                     "--metrics-port", "0", "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+        assert summary["replies_threaded"] == 1
+        assert len(api.issues[ticket["key"]].comments) == comments_before + 1
+        assert "It failed again this morning." in api.comment_bodies(ticket["key"])[-1]
