@@ -150,6 +150,8 @@ class ApiServer:
 def _handler_for(server: ApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Small answers go out at once instead of waiting for the client's delayed ACK.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)

@@ -49,7 +49,21 @@ def _jira() -> SinkCase:
     )
 
 
-CASES = {"jira": _jira}
+def _servicenow() -> SinkCase:
+    from tests.connectors.servicenow_api import ServiceNowApi
+
+    return SinkCase(
+        kind="servicenow",
+        start=lambda: ServiceNowApi(user="ticketflow", password="snow-secret"),
+        table=lambda api: f'[sink.servicenow]\nurl = "{api.url}"\nuser = "ticketflow"\n',
+        environment=lambda api: {"TICKETFLOW_SERVICENOW_PASSWORD": "snow-secret"},
+        ticket_count=lambda api: len(api.incidents),
+        # Link and review notes live in the journal too; comments carry the message marker.
+        comment_count=lambda api: sum("ticketflow-message:" in str(row) for row in api.journal),
+    )
+
+
+CASES = {"jira": _jira, "servicenow": _servicenow}
 
 
 @pytest.fixture(params=sorted(CASES))
