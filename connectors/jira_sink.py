@@ -74,6 +74,7 @@ from ticketflow.connectors.sink import (
     SinkTicket,
     SinkUnavailable,
     comment_marker,
+    read_secret,
 )
 
 log = logging.getLogger(__name__)
@@ -736,11 +737,5 @@ def _check_settings(settings: SinkSettings) -> None:
 
 
 def _read_token(variable: str, environ: Mapping[str, str]) -> str:
-    token = environ.get(variable, "")
-    if not token:
-        raise ConfigError(
-            f"missing Jira API token: the environment variable {variable} (named by "
-            f"'sink.jira.token_env') is unset or empty; export {variable} with the API token "
-            "(Jira Cloud) or the password (Jira Server)"
-        )
-    return token
+    return read_secret(variable, "sink.jira.token_env",
+                       "the API token (Jira Cloud) or the password (Jira Server)", environ)

@@ -39,7 +39,6 @@ Limitations:
 from __future__ import annotations
 
 import logging
-import os
 import re
 from html.parser import HTMLParser
 from typing import Any
@@ -55,6 +54,7 @@ from ticketflow.connectors.sink import (
     SinkTicket,
     SinkUnavailable,
     comment_marker,
+    read_secret,
 )
 
 log = logging.getLogger(__name__)
@@ -481,14 +481,8 @@ def _start_of(text: str) -> str:
 
 
 def _password(settings: ServiceNowSettings) -> str:
-    variable = settings.password_env
-    password = os.environ.get(variable, "")
-    if not password:
-        raise ConfigError(
-            f"the environment variable {variable} (sink.servicenow.password_env) is not set or "
-            f"empty; export {variable} with the password of the ServiceNow user {settings.user!r}"
-        )
-    return password
+    return read_secret(settings.password_env, "sink.servicenow.password_env",
+                       f"the password of the ServiceNow user {settings.user!r}")
 
 
 def _check_settings(settings: ServiceNowSettings) -> None:

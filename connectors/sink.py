@@ -28,10 +28,12 @@ for an answer the system gave.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ticketflow.config import MappingRule, Settings
+from ticketflow.config import ConfigError, MappingRule, Settings
 
 
 class SinkError(Exception):
@@ -161,7 +163,11 @@ class TicketSink(Protocol):
         ...
 
     def attach_files(
-        self, ref: str, ticket: SinkTicket, message: SinkMessage, files: list[tuple[SinkAttachment, bytes]]
+        self,
+        ref: str,
+        ticket: SinkTicket,
+        message: SinkMessage,
+        files: list[tuple[SinkAttachment, bytes]],
     ) -> None:
         """Upload stored attachments of `message` to ticket `ref`."""
         ...
@@ -177,6 +183,25 @@ class TicketSink(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def read_secret(
+    variable: str, setting: str, contents: str, environ: Mapping[str, str] | None = None
+) -> str:
+    """Return the secret held by the environment variable `variable`.
+
+    Raises `ConfigError` naming the variable, the setting that names it
+    (`setting`, e.g. "sink.jira.token_env") and what to export (`contents`)
+    when the variable is unset or empty.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(variable, "")
+    if not value:
+        raise ConfigError(
+            f"missing secret: the environment variable {variable} (named by '{setting}') is not "
+            f"set or empty; export {variable} with {contents}"
+        )
+    return value
 
 
 def open_sink(settings: Settings) -> TicketSink | None:

@@ -63,7 +63,34 @@ def _servicenow() -> SinkCase:
     )
 
 
-CASES = {"jira": _jira, "servicenow": _servicenow}
+def _zendesk() -> SinkCase:
+    from tests.connectors.zendesk_api import ZendeskApi
+
+    return SinkCase(
+        kind="zendesk",
+        start=lambda: ZendeskApi(email="bot@example.com", token="zendesk-token"),
+        table=lambda api: f'[sink.zendesk]\nurl = "{api.url}"\nemail = "{api.email}"\n',
+        environment=lambda api: {"TICKETFLOW_ZENDESK_TOKEN": api.token},
+        ticket_count=lambda api: len(api.tickets),
+        # Each ticket's description is its first comment.
+        comment_count=lambda api: sum(len(comments) for comments in api.comments.values()) - len(api.tickets),
+    )
+
+
+def _webhook() -> SinkCase:
+    from tests.connectors.webhook_receiver import WebhookReceiver
+
+    return SinkCase(
+        kind="webhook",
+        start=lambda: WebhookReceiver(secret=b"webhook-secret"),
+        table=lambda api: f'[sink.webhook]\nurl = "{api.hook_url}"\n',
+        environment=lambda api: {"TICKETFLOW_WEBHOOK_SECRET": api.secret.decode()},
+        ticket_count=lambda api: len(api.tickets),
+        comment_count=lambda api: sum(len(comments) for comments in api.comments.values()),
+    )
+
+
+CASES = {"jira": _jira, "servicenow": _servicenow, "zendesk": _zendesk, "webhook": _webhook}
 
 
 @pytest.fixture(params=sorted(CASES))
