@@ -172,3 +172,28 @@ def test_kill_one_of_two_processes_then_restart(kill_after_batches, threads_topi
     resumed = cli(*command)
     assert resumed.returncode == 0, resumed.stderr
     assert ticket_shapes(store) == threads_reference
+
+
+def test_two_processes_deliver_each_ticket_once_to_a_webhook(sample_topic, tmp_path, redis_namespace):
+    from tests.connectors.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver(secret=b"cluster-secret") as receiver:
+        config = write_config(tmp_path / "t.toml", redis_namespace, SAMPLE / "ticketflow.toml")
+        config.write_text(config.read_text() + f'\n[sink]\nkind = "webhook"\n\n[sink.webhook]\n'
+                                               f'url = "{receiver.hook_url}"\n')
+        store = tmp_path / "kafka.db"
+        result = cli("run", "--input", sample_topic, "--drain", "--json", "--processes", "2",
+                     "--config", str(config), "--store", f"sqlite:///{store}",
+                     env={"TICKETFLOW_WEBHOOK_SECRET": "cluster-secret"})
+        assert result.returncode == 0, result.stderr
+
+        summary = last_json(result.stdout)
+        stored = SqliteStore(store)
+        try:
+            tickets = stored.tickets()
+        finally:
+            stored.close()
+        comments = sum(len(items) for items in receiver.comments.values())
+        assert summary["deliveries"]["pending"] == 0
+        assert len(receiver.tickets) == len(tickets)
+        assert comments == sum(len(ticket["messages"]) for ticket in tickets) - len(tickets)
