@@ -1,8 +1,8 @@
 """Delivery: the store's tickets mirrored into an external sink, once each, at the sink's pace.
 
 The store is the outbox. When a sink is configured, the transaction that stores
-a message also queues a pending delivery of it for the sink (and a merge of two
-tickets queues a "merge:<old id>" delivery); `Delivery` sends what is pending,
+a message also queues a pending delivery of it for the sink, and a merge of two
+tickets queues a "merge:<old id>" delivery. `Delivery` sends what is pending,
 oldest first, and marks each item done or rejected in the store. So:
 
 - **Nothing is lost.** A crash between the store write and the sink call leaves
@@ -192,7 +192,7 @@ class Delivery:
             except RateLimited as exc:
                 self.counts.add("rate_limited")
                 self._paused_until = self._clock() + exc.retry_after
-                log.warning("%s; %d deliveries wait in the store", exc, len(pending) - sent)
+                log.warning("%s; %d deliveries are waiting in the store", exc, len(pending) - sent)
                 break
             except SinkUnavailable as exc:
                 self.counts.add("unavailable")
@@ -201,7 +201,7 @@ class Delivery:
                 break
             except SinkRejected as exc:
                 self._reject(item, exc)
-            except Exception as exc:  # a sink bug must not stop the flow; the item stays pending
+            except Exception as exc:  # noqa: BLE001 - a bug in a sink must not stop the flow
                 log.exception("%s failed on %s of tenant %s", self.sink.name, item.item, item.tenant)
                 self.counts.add("unavailable")
                 self.store.count_attempt(self.sink.name, item.tenant, item.item)
@@ -230,7 +230,7 @@ class Delivery:
         self.counts.add("rejected")
         reason = str(exc)
         self.store.record_delivery(self.sink.name, item.tenant, item.item, "rejected", reason)
-        log.error("%s refused %s of tenant %s: %s", self.sink.name, item.item, item.tenant, reason)
+        log.error("%s rejected %s of tenant %s: %s", self.sink.name, item.item, item.tenant, reason)
         if item.message is None:
             return
         source = item.message["source"]
@@ -323,10 +323,10 @@ class Delivery:
         ticket = sink_ticket(document, self._settings)
         ref = document["external"].get(self.sink.name)
         if ref is None:
-            # The surviving ticket was never sent: it carries on as the old one in the sink.
+            # The surviving ticket was never sent, so the old ticket in the sink continues it.
             self.store.record_external(document["ticket_id"], self.sink.name, old_ref, self.sink.keys_are_human)
             self._remember(document, "", "", found=True)
-            log.info("%s ticket %s now stands for %s", self.sink.name, old_ref, document["key"])
+            log.info("%s ticket %s now represents %s", self.sink.name, old_ref, document["key"])
             return
         if ref != old_ref:
             self.sink.link_tickets(ref, old_ref, ticket)
@@ -337,8 +337,11 @@ class Delivery:
         return json.loads(detail) if detail else {}
 
     def _remember(self, document: dict[str, Any], description: str, fingerprint: str, *, found: bool) -> None:
-        """Keep which message is the ticket's description, the fields last sent, and whether
-        the ticket was found in the sink rather than created (then its comments are checked)."""
+        """Record the ticket's description message, the fields last sent, and `found`.
+
+        `found` is true when the ticket was found in the sink rather than created;
+        later comments on it are then checked before they are added.
+        """
         detail = json.dumps({"description": description, "fields": fingerprint, "found": found})
         self.store.record_delivery(self.sink.name, document["tenant"], f"ticket:{document['ticket_id']}",
                                    "done", detail)
