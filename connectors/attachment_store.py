@@ -48,7 +48,7 @@ class AttachmentStoreError(OSError):
 
 @dataclass(frozen=True)
 class StoredFile:
-    """Where stored bytes can be found again: their SHA-256 (hex) and their link."""
+    """The SHA-256 (hex) and the link of stored bytes."""
 
     sha256: str
     url: str
@@ -58,7 +58,7 @@ class AttachmentStore(Protocol):
     """Content-addressed storage of attachment bytes (see the module docstring)."""
 
     def put(self, data: bytes, content_type: str) -> StoredFile:
-        """Store `data` once; return its hash and link."""
+        """Store `data` once and return its hash and link."""
         ...
 
     def get(self, sha256: str) -> bytes | None:
@@ -95,7 +95,7 @@ class LocalAttachmentStore:
             ) from error
 
     def path_for(self, sha256: str) -> Path:
-        """Return the file path of `sha256`; raise ValueError for anything but a hex digest."""
+        """Return the file path of `sha256`, which must be 64 lowercase hex digits (ValueError)."""
         digest = _checked_digest(sha256)
         return self.folder / digest[:2] / digest[2:4] / digest
 
@@ -107,7 +107,7 @@ class LocalAttachmentStore:
         return f"{self.base_url}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
     def put(self, data: bytes, content_type: str) -> StoredFile:
-        """Store `data` unless a file with its hash exists; return its hash and link."""
+        """Store `data` unless a file with its hash exists, and return its hash and link."""
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.path_for(sha256)
         if not path.exists():
@@ -115,7 +115,8 @@ class LocalAttachmentStore:
                 self._write_atomically(path, data)
             except OSError as error:
                 raise AttachmentStoreError(
-                    f"cannot store attachment {sha256} in {path.parent}: {error}"
+                    f"cannot store attachment {sha256} in {path.parent}: {error}; "
+                    "check the free space and permissions of [attachments] store"
                 ) from error
         return StoredFile(sha256, self.url_for(sha256))
 
@@ -141,8 +142,8 @@ class LocalAttachmentStore:
     def _write_atomically(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        # 0o644 before the umask: a web server serving base_url may run as
-        # another user.
+        # Mode 0o644 (before the umask), because a web server serving base_url
+        # may run as another user.
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(descriptor, "wb") as file:
@@ -166,8 +167,7 @@ def _sync_directory(folder: Path) -> None:
 
 
 def attachment_governor(settings: AttachmentSettings) -> AttachmentGovernor:
-    """Build the governor for `[attachments]`: a local store when `store` is set, clamd when
-    `clamd` is set.
+    """Build the governor for `[attachments]`, with a local store and clamd when they are set.
 
     Raises `AttachmentStoreError` when the store folder cannot be created, and
     ValueError for a clamd address of the wrong form.

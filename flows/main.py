@@ -33,12 +33,14 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ticketflow.config import Settings, state_redis_url
+from ticketflow.connectors.attachment_store import attachment_governor
 from ticketflow.connectors.retry import retry_transient
 from ticketflow.connectors.store import store_error_is_transient
 from ticketflow.metrics import FlowMetrics, StageMeter, stamp_ingest_time
 from ticketflow.model import DeadLetter, Event, RawMessage
+from ticketflow.operators.attachments import AttachmentGovernor
 from ticketflow.operators.dedupe import DedupeWindow, dedupe_key
-from ticketflow.operators.enrich import enrich, tenants_for
+from ticketflow.operators.enrich import enrich, header_map, tenants_for
 from ticketflow.operators.gate import AutoReplyLimiter, gate
 from ticketflow.operators.parse import UnparseableMessage, decode_record, header_block
 from ticketflow.operators.thread import ThreadIndex, sent_at, thread_root
@@ -74,11 +76,19 @@ class FlowContext:
     # Set when SIGTERM stops a run: held orphans then stay held (and in the
     # snapshot) instead of being released as if the input had ended.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Sends stored tickets to the external sink (`ticketflow.connectors.delivery.Delivery`)
+    # after each store write, from worker 0 only; None when this process sends nothing.
+    delivery: Any = None
+    # Governs each message's attachments and html in the parse step. None builds one
+    # from `[attachments]`, with a local store and clamd when they are set.
+    governor: AttachmentGovernor | None = None
     dedupe: DedupeWindow = field(init=False)
     index: ThreadIndex = field(init=False)
     limiter: AutoReplyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.governor is None:
+            self.governor = attachment_governor(self.settings.attachments)
         if self.settings.state.redis_url or self.settings.state.redis_url_env:
             self._use_redis()
         else:
@@ -107,8 +117,13 @@ class FlowContext:
 # -- parse ---------------------------------------------------------------------
 
 
-def parse_record(record: RawMessage, settings: Settings) -> Event | DeadLetter:
-    """Parse one raw record into an event, or a dead letter saying why not."""
+def parse_record(
+    record: RawMessage, settings: Settings, governor: AttachmentGovernor | None = None
+) -> Event | DeadLetter:
+    """Parse one raw record into an event, or a dead letter saying why not.
+
+    With a `governor`, the event's attachments and html come out governed.
+    """
     limit = settings.limits.max_message_bytes
     if len(record.raw) > limit:
         return DeadLetter(
@@ -126,6 +141,7 @@ def parse_record(record: RawMessage, settings: Settings) -> Event | DeadLetter:
             content_type=record.content_type,
             authserv_ids=settings.trust.authserv_ids,
             max_references=settings.threading.max_references,
+            governor=governor,
         )
     except UnparseableMessage as exc:
         return DeadLetter(record.source, exc.reason, exc.detail, header_block(record.raw), record.raw)
@@ -142,21 +158,23 @@ def parse_batch(
     settings: Settings,
     metrics: FlowMetrics | None,
     tracer: FlowTracer | None = None,
+    governor: AttachmentGovernor | None = None,
 ) -> list[Event | DeadLetter]:
     """Parse a batch of records; with metrics, count it and stamp each event's exact ingest time.
 
     With a tracer, each record gets a parse span and each item its trace parent.
+    With a governor, attachments and html are governed (see `parse_record`).
     """
     if tracer is not None:
-        return _traced_parse_batch(records, settings, metrics, tracer)
+        return _traced_parse_batch(records, settings, metrics, tracer, governor)
     if metrics is None:
-        return [parse_record(record, settings) for record in records]
+        return [parse_record(record, settings, governor) for record in records]
 
     started = perf_counter()
     items: list[Event | DeadLetter] = []
     dead = 0
     for record in records:
-        item = parse_record(record, settings)
+        item = parse_record(record, settings, governor)
         if isinstance(item, DeadLetter):
             dead += 1
             items.append(item)
@@ -168,14 +186,18 @@ def parse_batch(
 
 
 def _traced_parse_batch(
-    records: list[RawMessage], settings: Settings, metrics: FlowMetrics | None, tracer: FlowTracer
+    records: list[RawMessage],
+    settings: Settings,
+    metrics: FlowMetrics | None,
+    tracer: FlowTracer,
+    governor: AttachmentGovernor | None = None,
 ) -> list[Event | DeadLetter]:
     started = perf_counter()
     items: list[Event | DeadLetter] = []
     dead = 0
     for record in records:
         with tracer.parse_span(record) as span:
-            item = parse_record(record, settings)
+            item = parse_record(record, settings, governor)
             if isinstance(item, DeadLetter):
                 dead += 1
             elif metrics is not None:
@@ -191,11 +213,14 @@ def _traced_parse_batch(
 
 def tenant_copies(event: Event, settings: Settings) -> list[TenantCopy]:
     """Make one classified copy of an event per tenant it is addressed to."""
-    tenants = tenants_for(event, settings.routing)
-    enrichment = enrich(event, settings.routing)
-    decision = gate(event, settings.routing, settings.threading, settings.gate)
+    # One casefolded header map serves every header rule of the event; it is local
+    # to this call, so worker threads never share it.
+    headers = header_map(event)
+    tenants = tenants_for(event, settings.routing, headers=headers)
+    enrichment = enrich(event, settings.routing, headers=headers)
+    decision = gate(event, settings.routing, settings.threading, settings.gate, headers=headers)
 
-    sent = sent_at(event)
+    sent = sent_at(event, headers)
     copies = []
     for position, tenant in enumerate(tenants):
         copies.append(
@@ -432,10 +457,13 @@ def _event_time(event: Event) -> datetime:
 
 
 class _StorePartition(StatelessSinkPartition[Outcome]):
-    def __init__(self, context: FlowContext, kill_after_batches: int | None = None) -> None:
+    def __init__(
+        self, context: FlowContext, kill_after_batches: int | None = None, delivers: bool = False
+    ) -> None:
         self._context = context
         self._kill_after_batches = kill_after_batches
         self._batches = 0
+        self._delivery = context.delivery if delivers else None
 
     def write_batch(self, items: list[Outcome]) -> None:
         context = self._context
@@ -461,6 +489,8 @@ class _StorePartition(StatelessSinkPartition[Outcome]):
             context.metrics.stages["store"].record(len(items), len(items), 0, seconds)
         if log.isEnabledFor(logging.DEBUG):
             _log_outcomes(items)
+        if self._delivery is not None:
+            self._delivery.deliver_due()
 
         self._batches += 1
         if self._kill_after_batches is not None and self._batches >= self._kill_after_batches:
@@ -543,6 +573,10 @@ def kafka_position(source: str) -> tuple[int | None, int | None]:
 class StoreSink(DynamicSink[Outcome]):
     """Write outcomes to the store in batches, then commit their dedupe marks.
 
+    With an external sink, worker 0 then sends what the store queued for it
+    (`FlowContext.delivery`); a rate-limited or unavailable sink pauses the
+    sending, not the flow, until its backlog passes `[sink] max_backlog`.
+
     `kill_after_batches` is a crash-test hook: the process kills itself with
     SIGKILL right after that many store writes, before the next snapshot.
     """
@@ -552,7 +586,8 @@ class StoreSink(DynamicSink[Outcome]):
         self._kill_after_batches = kill_after_batches
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
-        return _StorePartition(self._context, self._kill_after_batches)
+        # One worker sends to the external sink, so items go out in order and once.
+        return _StorePartition(self._context, self._kill_after_batches, delivers=worker_index == 0)
 
 
 # -- the dataflow --------------------------------------------------------------------
@@ -572,7 +607,9 @@ def build_flow(
     metrics = context.metrics
     tracer = context.tracer
     parsed = op.flat_map_batch(
-        "parse", records, lambda batch: parse_batch(batch, settings, metrics, tracer)
+        "parse",
+        records,
+        lambda batch: parse_batch(batch, settings, metrics, tracer, context.governor),
     )
     split = op.branch("split_dead_letters", parsed, lambda item: not isinstance(item, DeadLetter))
 

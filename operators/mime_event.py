@@ -265,7 +265,18 @@ def _attachment(item: Any, defects: DefectLog) -> dict[str, Any] | None:
         "disposition": disposition,
         "sha256": sha256.lower(),
         "download_url": download_url if isinstance(download_url, str) else None,
+        "refused": _optional_text(item.get("refused"), "attachments.refused", defects),
+        "quarantined": _optional_text(item.get("quarantined"), "attachments.quarantined", defects),
     }
+
+
+def _optional_text(value: Any, name: str, defects: DefectLog) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        defects.add("invalid_field", f"{name} is no string; set to null")
+        return None
+    return clean_text(value, defects, name)
 
 
 def _list_of(

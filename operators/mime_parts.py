@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ticketflow.model import Attachment
 from ticketflow.operators.mime_charset import decode_text
@@ -32,6 +33,9 @@ from ticketflow.operators.mime_params import (
     parse_content_type,
 )
 from ticketflow.operators.mime_transfer import normalize_transfer_encoding
+
+if TYPE_CHECKING:
+    from ticketflow.operators.attachments import AttachmentGovernor
 
 # Multipart nesting deeper than this is not walked (a "nesting_limit" defect);
 # real mail nests fewer than ten levels.
@@ -192,15 +196,31 @@ def describe_attachment(part: MimePart) -> Attachment:
     }
 
 
-def assemble_bodies(parts: list[MimePart], defects: DefectLog) -> Bodies:
-    """Choose the text and html bodies among `parts` and list the rest as attachments."""
+def assemble_bodies(
+    parts: list[MimePart], defects: DefectLog, governor: AttachmentGovernor | None = None
+) -> Bodies:
+    """Choose the text and html bodies among `parts` and list the rest as attachments.
+
+    With a `governor`, the attachments and the html body come out governed
+    (`ticketflow.operators.attachments`). Without one they are listed as found.
+    """
     text_part, html_part = _choose_bodies(parts)
-    attachments = [
-        describe_attachment(part)
+    listed = [
+        part
         for part in parts
         if part.embedded == 0 and part is not text_part and part is not html_part
     ]
-    return Bodies(_decode_body(text_part, defects), _decode_body(html_part, defects), attachments)
+    attachments = [describe_attachment(part) for part in listed]
+    text = _decode_body(text_part, defects)
+    html = _decode_body(html_part, defects)
+    if governor is None:
+        return Bodies(text, html, attachments)
+    governed = governor.govern(
+        [(entry, part.content) for entry, part in zip(attachments, listed, strict=True)],
+        html,
+        defects,
+    )
+    return Bodies(text, governed.html, governed.attachments)
 
 
 # A close delimiter line: "--" boundary "--", then optional transport padding.

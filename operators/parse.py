@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ticketflow.model import Event, format_timestamp
 from ticketflow.operators.mime_address import (
@@ -58,6 +58,9 @@ from ticketflow.operators.mime_parts import Bodies, MimePart, assemble_bodies
 from ticketflow.operators.mime_tolerant import walk_tolerant
 from ticketflow.operators.mime_verdicts import authentication_verdicts, spam_verdict
 from ticketflow.operators.mime_words import decode_header_bytes
+
+if TYPE_CHECKING:
+    from ticketflow.operators.attachments import AttachmentGovernor
 
 __all__ = ["UnparseableMessage", "decode_record", "header_block", "parse_message"]
 
@@ -94,6 +97,7 @@ def parse_message(
     *,
     authserv_ids: tuple[str, ...] = (),
     max_references: int = 200,
+    governor: AttachmentGovernor | None = None,
 ) -> Event:
     """Parse one message's raw bytes into an event; broken mail is salvaged with defects.
 
@@ -101,7 +105,10 @@ def parse_message(
     `ingested_at` is when ticketflow first saw them (a naive datetime is read
     as UTC). `authserv_ids` are the trusted Authentication-Results servers
     (empty: the topmost field counts). `max_references` bounds the References
-    ids kept. Raises `UnparseableMessage` ("empty", "not_email") only.
+    ids kept. With a `governor`, the attachments and the html body are governed
+    (sizes, types, names, malware, storage, sanitizing) as
+    `ticketflow.operators.attachments` describes. Raises `UnparseableMessage`
+    ("empty", "not_email") only.
     """
     return _parse_message(
         raw,
@@ -110,6 +117,7 @@ def parse_message(
         authserv_ids=authserv_ids,
         max_references=max_references,
         path="auto",
+        governor=governor,
     )
 
 
@@ -121,6 +129,7 @@ def decode_record(
     content_type: str | None = None,
     authserv_ids: tuple[str, ...] = (),
     max_references: int = 200,
+    governor: AttachmentGovernor | None = None,
 ) -> Event:
     """Turn one record (raw mail or a JSON event) into an event.
 
@@ -129,20 +138,28 @@ def decode_record(
     parses as JSON. A JSON event is validated and normalized (see
     `mime_event`); one that is unusable, such as an object without an
     "envelope" key, raises `UnparseableMessage("invalid_event", ...)`. Anything
-    else is parsed as mail with `parse_message`.
+    else is parsed as mail with `parse_message`. A `governor` governs either
+    kind. A JSON event carries no attachment bytes, so only what its entries
+    list is checked (`AttachmentGovernor.govern_listed`).
     """
     value = bytes(value)
     document = _json_event_document(value, content_type)
     if document is None:
         return parse_message(
-            value, source, ingested_at, authserv_ids=authserv_ids, max_references=max_references
+            value,
+            source,
+            ingested_at,
+            authserv_ids=authserv_ids,
+            max_references=max_references,
+            governor=governor,
         )
     try:
-        return normalize_event(
+        event = normalize_event(
             document, value, source, _aware(ingested_at), max_references=max_references
         )
     except InvalidEvent as error:
         raise UnparseableMessage("invalid_event", str(error)) from error
+    return event if governor is None else governor.govern_event(event)
 
 
 def header_block(raw: bytes, max_bytes: int = 65536) -> str:
@@ -203,6 +220,7 @@ def _parse_message(
     authserv_ids: tuple[str, ...],
     max_references: int,
     path: WalkPath,
+    governor: AttachmentGovernor | None = None,
 ) -> Event:
     """Parse with a chosen MIME walk; "fast" raises `FastPathRejected` instead of falling back."""
     raw = bytes(raw)
@@ -217,7 +235,7 @@ def _parse_message(
 
     start = header_start(raw)
     parts = _walk_mime(raw[start:] if start else raw, section, defects, path)
-    bodies = assemble_bodies(parts, defects)
+    bodies = assemble_bodies(parts, defects, governor)
     ingested = _aware(ingested_at)
 
     envelope = _envelope(section, bodies, defects, max_references)

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parse = commands.add_parser("parse", help="print the event JSON of one message file")
     parse.add_argument("file", help="an RFC 5322 message, e.g. a .eml file; - reads standard input")
+    parse.add_argument("--config", type=Path,
+                       help="TOML config file: its [trust] and [attachments] apply, as in a run")
     parse.set_defaults(handler=_cmd_parse)
 
     run = commands.add_parser("run", help="run the main job on a source")
@@ -158,8 +160,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
+    from ticketflow.connectors.attachment_store import attachment_governor
     from ticketflow.operators.parse import UnparseableMessage, parse_message
 
+    settings = load_settings(args.config)
     if args.file == "-":
         raw, source = sys.stdin.buffer.read(), "stdin"
     else:
@@ -173,7 +177,12 @@ def _cmd_parse(args: argparse.Namespace) -> int:
             ) from exc
         source = str(path.resolve())
     try:
-        event = parse_message(raw, source=source, ingested_at=utc_now())
+        event = parse_message(
+            raw, source=source, ingested_at=utc_now(),
+            authserv_ids=settings.trust.authserv_ids,
+            max_references=settings.threading.max_references,
+            governor=attachment_governor(settings.attachments),
+        )
     except UnparseableMessage as exc:
         print(f"ticketflow: {args.file} is not a parseable message: {exc.reason} ({exc.detail})", file=sys.stderr)
         return 1

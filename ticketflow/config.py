@@ -330,7 +330,9 @@ class AttachmentSettings:
     store: str = ""
     # Base of the links written into tickets and events for stored files; "" uses file:// paths.
     base_url: str = ""
-    # Larger files are refused; a message's files beyond the total are refused too.
+    # Larger files are refused; a message's files beyond the total are refused too. With
+    # clamd, keep max_file_bytes within its StreamMaxLength, or larger files are refused
+    # as scan_unavailable.
     max_file_bytes: int = 20 * 1024 * 1024
     max_message_bytes: int = 25 * 1024 * 1024
     # Checked against the sniffed content type (and the declared one); "*" wildcards
@@ -339,7 +341,8 @@ class AttachmentSettings:
     deny_types: tuple[str, ...] = (
         "application/x-dosexec", "application/x-msdownload", "application/x-executable",
         "application/x-sharedlib", "application/x-mach-binary", "application/java-archive",
-        "application/vnd.microsoft.portable-executable",
+        "application/vnd.microsoft.portable-executable", "application/x-msi",
+        "application/x-ms-shortcut", "application/x-iso9660-image", "application/java-vm",
     )
     # clamd address for malware scanning: "tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl";
     # "" scans nothing.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class Defect(TypedDict):
@@ -48,6 +48,10 @@ class Attachment(TypedDict):
     disposition: str
     sha256: str
     download_url: str | None
+    # Why attachment governance refused the file ("too_large", "type_denied:…"), or None.
+    refused: NotRequired[str | None]
+    # The malware signature clamd found, or None.
+    quarantined: NotRequired[str | None]
 
 
 class Event(TypedDict):

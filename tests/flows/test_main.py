@@ -98,15 +98,24 @@ def run_through_kafka(folder, settings, store_path, broker, namespace, processes
     return RunSummary(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def to_toml(tables: dict) -> str:
-    """Write settings as TOML: tables of strings, numbers and lists of strings."""
+def to_toml(tables: dict, prefix: str = "") -> str:
+    """Write settings as TOML: nested tables of strings, numbers, lists and lists of tables."""
     lines = []
     for table, values in tables.items():
-        if table == "kafka":
+        if table == "kafka" and not prefix:
             continue
-        lines.append(f"[{table}]")
+        name = f"{prefix}{table}"
+        lines.append(f"[{name}]")
+        nested = {}
         for key, value in values.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            if isinstance(value, dict):
+                nested[key] = value
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                raise ValueError(f"{name}.{key}: lists of tables are not written by this helper")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        if nested:
+            lines.append(to_toml(nested, prefix=f"{name}."))
     return "\n".join(lines) + "\n"
 
 

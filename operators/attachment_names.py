@@ -1,0 +1,119 @@
+"""Attachment filenames that are safe to show, store and save on any common system.
+
+`safe_filename` keeps what a person would recognize and drops what could
+mislead a person or a program:
+
+- directories: only the last component after "/" or "\\" is kept, so
+  "../../etc/passwd" and "C:\\Users\\x\\a.exe" become "passwd" and "a.exe";
+- control, format and separator characters (Unicode categories Cc, Cf, Zl, Zp
+  and lone surrogates): C0/C1 controls and NUL, and the bidirectional overrides
+  that make "invoice\\u202efdp.exe" look like "invoiceexe.pdf";
+- characters Windows forbids in names (`<>:"|?*`), each replaced with "_";
+- leading dots and spaces (hidden files, "." and ".."), and trailing dots and
+  spaces, which Windows drops when it saves the file;
+- Windows device names (CON, PRN, AUX, NUL, COM0-9, LPT0-9), with or without an
+  extension, which get a "_" in front;
+- length: at most `MAX_FILENAME_BYTES` bytes of UTF-8, cut in the stem so the
+  extension stays.
+
+A part without a name, or whose name is nothing after cleaning, is called
+`attachment-N` plus an extension for its content type (N is its position in the
+message's attachment list).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Filesystems limit a name to 255 bytes; the rest leaves room for a prefix or a
+# copy counter that a ticket system adds.
+MAX_FILENAME_BYTES = 200
+# A longer suffix after the last dot is no extension and may be cut.
+_MAX_EXTENSION_CHARS = 16
+
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*]')
+_WHITESPACE_RUN = re.compile(r"\s+")
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{port}{number}" for port in ("COM", "LPT") for number in "0123456789¹²³"}
+)
+
+# Extensions for generated names.
+_EXTENSIONS = {
+    "text/plain": ".txt",
+    "text/html": ".html",
+    "text/csv": ".csv",
+    "text/calendar": ".ics",
+    "message/rfc822": ".eml",
+    "message/global": ".eml",
+    "application/json": ".json",
+    "application/xml": ".xml",
+    "application/pdf": ".pdf",
+    "application/zip": ".zip",
+    "application/gzip": ".gz",
+    "application/rtf": ".rtf",
+    "application/msword": ".doc",
+    "application/vnd.ms-excel": ".xls",
+    "application/vnd.ms-powerpoint": ".ppt",
+    "application/vnd.ms-outlook": ".msg",
+    "application/vnd.ms-tnef": ".dat",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/tiff": ".tif",
+    "image/svg+xml": ".svg",
+}
+
+
+def extension_for(media_type: str) -> str:
+    """Return a filename extension (with its dot) for a canonical media type.
+
+    Types without their own extension get ".txt" when they are text/* or
+    message/* (delivery reports, header blocks), else ".bin".
+    """
+    if media_type in _EXTENSIONS:
+        return _EXTENSIONS[media_type]
+    return ".txt" if media_type.startswith(("text/", "message/")) else ".bin"
+
+
+def safe_filename(name: str, media_type: str, position: int) -> str:
+    """Return `name` made safe (see the module docstring); `position` counts from 1."""
+    cleaned = _last_component(unicodedata.normalize("NFC", name))
+    cleaned = "".join(
+        char for char in cleaned if unicodedata.category(char) not in _DROPPED_CATEGORIES
+    )
+    cleaned = _WINDOWS_FORBIDDEN.sub("_", cleaned)
+    cleaned = _WHITESPACE_RUN.sub(" ", cleaned).strip(". ")
+    if not cleaned:
+        return f"attachment-{position}{extension_for(media_type)}"
+    if _is_windows_device(cleaned):
+        cleaned = "_" + cleaned
+    return _bounded(cleaned)
+
+
+def _last_component(name: str) -> str:
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _is_windows_device(name: str) -> bool:
+    stem = name.split(".", 1)[0].rstrip(" ")
+    return stem.upper() in _WINDOWS_DEVICES
+
+
+def _bounded(name: str) -> str:
+    if len(name.encode("utf-8")) <= MAX_FILENAME_BYTES:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension) > _MAX_EXTENSION_CHARS:
+        stem, extension = name, ""
+    suffix = "." + extension if extension else ""
+    budget = MAX_FILENAME_BYTES - len(suffix.encode("utf-8"))
+    # Cut at a character boundary: drop the bytes of a character split in two.
+    cut = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(". ")
+    return cut + suffix
