@@ -189,3 +189,23 @@ def test_reply_quoting_a_jira_key_becomes_a_comment_on_that_issue(tmp_path, caps
         assert summary["replies_threaded"] == 1
         assert len(api.issues[ticket["key"]].comments) == comments_before + 1
         assert "It failed again this morning." in api.comment_bodies(ticket["key"])[-1]
+
+
+def test_stored_attachments_are_uploaded_once(tmp_path, capsys, monkeypatch):
+    case = _jira()
+    with case.start() as api:
+        monkeypatch.setenv("TICKETFLOW_JIRA_TOKEN", api.token)
+        store_url = f"sqlite:///{tmp_path / 'jira.db'}"
+        folder = tmp_path / "files"
+        original_table = case.table
+        case.table = lambda server: original_table(server) + f'\n[attachments]\nstore = "{folder}"\n'
+        run_into(case, api, store_url, tmp_path, capsys)
+        run_into(case, api, store_url, tmp_path, capsys)
+
+        uploaded = sorted((key, item.filename) for key, issue in api.issues.items()
+                          for item in issue.attachments)
+        stored = sorted((ticket["key"], attachment["filename"]) for ticket in stored_tickets(store_url)
+                        for message in ticket["messages"] for attachment in message["attachments"]
+                        if attachment["download_url"])
+        assert stored
+        assert uploaded == stored
