@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ log = logging.getLogger(__name__)
 MAX_UNAVAILABLE_PAUSE = 60.0
 # Minimum seconds between two counts of the backlog for the metrics gauge.
 BACKLOG_GAUGE_INTERVAL = 5.0
+# Minimum pause after a 429, so "Retry-After: 0" does not make a busy loop.
+MIN_RATE_LIMIT_PAUSE = 0.1
+# Statuses that say the credentials are wrong: no message is at fault, so every
+# item stays pending (and the account is not locked by one failed login per item).
+CREDENTIAL_STATUSES = frozenset({401, 407})
 
 
 @dataclass
@@ -139,22 +145,25 @@ class Delivery:
             self._sleep(wait)
         return self._send_batch()
 
-    def drain(self, timeout: float | None = None) -> dict[str, int]:
-        """Send until nothing is pending or `timeout` seconds (default `[sink] drain_timeout`) pass.
+    def drain(
+        self, timeout: float | None = None, stopping: Callable[[], bool] = lambda: False
+    ) -> dict[str, int]:
+        """Send until nothing is pending, `timeout` seconds pass, or `stopping()` turns true.
 
-        Used at the end of a finite run and by `ticketflow deliver`; here waiting
-        for the sink is the point. Returns the store's counts by state.
+        `timeout` defaults to `[sink] drain_timeout`. Used at the end of a finite
+        run and by `ticketflow deliver`; here waiting for the sink is the point.
+        Returns the store's counts by state.
         """
         timeout = self._settings.sink.drain_timeout if timeout is None else timeout
         deadline = self._clock() + timeout
-        while self._backlog() > 0:
+        while self._backlog() > 0 and not stopping():
             wait = self._paused_until - self._clock()
             if wait > 0:
                 if self._clock() + wait > deadline:
                     break
-                self._sleep(wait)
-            if self._send_batch() == 0 and self._paused_until <= self._clock():
-                break
+                self._sleep_unless(wait, stopping)
+                continue
+            self._send_batch()
             if self._clock() >= deadline:
                 break
         counts = self.store.delivery_counts(self.sink.name)
@@ -164,6 +173,15 @@ class Delivery:
             log.warning("%s: %d deliveries still pending; `ticketflow deliver` sends them later",
                         self.sink.name, counts["pending"])
         return counts
+
+    def _sleep_unless(self, seconds: float, stopping: Callable[[], bool]) -> None:
+        """Sleep `seconds`, in steps of at most one second, until `stopping()` turns true."""
+        end = self._clock() + seconds
+        while not stopping():
+            left = end - self._clock()
+            if left <= 0:
+                return
+            self._sleep(min(left, 1.0))
 
     @property
     def drain_timeout(self) -> float:
@@ -191,7 +209,7 @@ class Delivery:
                 self._send(item)
             except RateLimited as exc:
                 self.counts.add("rate_limited")
-                self._paused_until = self._clock() + exc.retry_after
+                self._paused_until = self._clock() + max(exc.retry_after, MIN_RATE_LIMIT_PAUSE)
                 log.warning("%s; %d deliveries are waiting in the store", exc, len(pending) - sent)
                 break
             except SinkUnavailable as exc:
@@ -200,6 +218,13 @@ class Delivery:
                 self._pause_unavailable(exc)
                 break
             except SinkRejected as exc:
+                if exc.status in CREDENTIAL_STATUSES:
+                    self.counts.add("unavailable")
+                    log.error("%s rejected ticketflow's credentials (HTTP %d); deliveries wait in the "
+                              "store until the %s settings and secret are fixed", self.sink.name,
+                              exc.status, f"[sink.{self.sink.name}]")
+                    self._pause_unavailable(SinkUnavailable(self.sink.name, str(exc)))
+                    break
                 self._reject(item, exc)
             except Exception as exc:  # noqa: BLE001 - a bug in a sink must not stop the flow
                 log.exception("%s failed on %s of tenant %s", self.sink.name, item.item, item.tenant)
@@ -362,7 +387,7 @@ def sink_ticket(document: dict[str, Any], settings: Settings) -> SinkTicket:
         external_id=document["ticket_id"],
         key=document["key"],
         tenant=document["tenant"],
-        subject=document["subject"],
+        subject=plain_title(document["subject"]),
         requester=document["requester"],
         requester_name=first.sender_name if first.sender == document["requester"] else "",
         participants=tuple(document["participants"]),
@@ -376,6 +401,15 @@ def sink_ticket(document: dict[str, Any], settings: Settings) -> SinkTicket:
         first_message=first,
         mapped=mapped_fields(settings.sink.rules, document),
     )
+
+
+# Control, format and bidi characters: a title holding U+202E can show "pdf.exe" as "exe.fdp".
+_TITLE_HAZARDS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def plain_title(subject: str) -> str:
+    """Return a subject safe to show as a title: no control or bidi characters, one line."""
+    return " ".join(_TITLE_HAZARDS.sub(" ", subject).split())
 
 
 def _first_person_message(document: dict[str, Any]) -> SinkMessage:

@@ -74,6 +74,7 @@ from ticketflow.connectors.sink import (
     SinkTicket,
     SinkUnavailable,
     comment_marker,
+    message_text,
     read_secret,
 )
 
@@ -508,7 +509,7 @@ def issue_description(ticket: SinkTicket) -> str:
     lines.append(f"*Trust:* {trust_summary(message.authentication)}")
     lines.append(f"*Review:* {review_summary(ticket)}")
     lines.extend(_attachment_lines(message.attachments))
-    return _with_text(message.text, "\n".join(lines))
+    return _with_text(message_text(message), "\n".join(lines))
 
 
 def comment_body(message: SinkMessage) -> str:
@@ -523,7 +524,7 @@ def comment_body(message: SinkMessage) -> str:
     lines.extend(_attachment_lines(message.attachments))
     # The marker is a paragraph of its own, so that it survives a change of line breaks.
     lines.extend(["", comment_marker(message)])
-    return _with_text(message.text, "\n".join(lines))
+    return _with_text(message_text(message), "\n".join(lines))
 
 
 def trust_summary(authentication: Mapping[str, Any]) -> str:

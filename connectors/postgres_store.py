@@ -55,6 +55,8 @@ from ticketflow.connectors.store import (
     DELIVERY_COUNTS,
     DELIVERY_DETAIL,
     PENDING_DELIVERIES,
+    CLEAR_DEAD_LETTERS,
+    CLEAR_SINK_REJECTIONS,
     RETRY_REJECTED,
     UPSERT_DELIVERY,
     PendingDelivery,
@@ -398,7 +400,7 @@ class PostgresStore:
                     _insert_dead_letter(cursor, outcome.dead_letter, now)
                     continue
                 # A source that now gets through (a redrive after a fix) is no longer dead.
-                cursor.execute("DELETE FROM dead_letters WHERE source = %s", (outcome.source,))
+                cursor.execute(_dialect(CLEAR_DEAD_LETTERS), (outcome.source,))
                 if outcome.kind in ("created", "threaded") and outcome.ticket_id:
                     touched.add(_write_message(cursor, outcome, now, self._sinks))
 
@@ -486,8 +488,9 @@ class PostgresStore:
         return {state: int(count) for state, count in rows}
 
     def retry_rejected(self, sink: str) -> int:
-        """Make the sink's rejected deliveries pending again; return how many."""
+        """Make the sink's rejected deliveries pending again, clearing their dead letters; return how many."""
         with self._transaction() as cursor:
+            cursor.execute(_dialect(CLEAR_SINK_REJECTIONS))
             cursor.execute(_dialect(RETRY_REJECTED), (sink,))
             return cursor.rowcount
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import re
-from html.parser import HTMLParser
 from typing import Any
 
 import requests
@@ -54,6 +53,7 @@ from ticketflow.connectors.sink import (
     SinkTicket,
     SinkUnavailable,
     comment_marker,
+    message_text,
     read_secret,
 )
 
@@ -405,53 +405,7 @@ def attachment_name(attachment: SinkAttachment) -> str:
     return attachment.filename or f"attachment-{attachment.sha256[:12]}"
 
 
-def message_text(message: SinkMessage) -> str:
-    """Return the plain text of a message, else the text of its HTML part."""
-    if message.text.strip():
-        return message.text.strip()
-    if message.html.strip():
-        return _html_text(message.html)
-    return "(no text)"
-
-
 # -- helpers ---------------------------------------------------------------------------------
-
-
-class _TextCollector(HTMLParser):
-    """Collect the text of an HTML document, without scripts and styles, a line per block."""
-
-    _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "blockquote",
-                         "h1", "h2", "h3", "h4", "h5", "h6"})
-    _HIDDEN = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._HIDDEN:
-            self._hidden_depth += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN and self._hidden_depth:
-            self._hidden_depth -= 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden_depth:
-            self.parts.append(data)
-
-
-def _html_text(html: str) -> str:
-    collector = _TextCollector()
-    collector.feed(html)
-    collector.close()
-    lines = (" ".join(line.split()) for line in "".join(collector.parts).splitlines())
-    return "\n".join(line for line in lines if line) or "(no text)"
 
 
 def _ticket_facts(ticket: SinkTicket) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ticketflow.config import ConfigError, MappingRule, Settings
+from ticketflow.operators.html_text import html_text
 
 
 class SinkError(Exception):
@@ -134,6 +135,13 @@ class SinkTicket:
     reply_address: str | None
     first_message: SinkMessage
     mapped: MappingRule = field(default_factory=MappingRule)
+
+
+def message_text(message: SinkMessage) -> str:
+    """Return the plain text of a message, else the text of its HTML part, else "(no text)"."""
+    if message.text.strip():
+        return message.text.strip()
+    return html_text(message.html) or "(no text)"
 
 
 def comment_marker(message: SinkMessage) -> str:

@@ -362,6 +362,9 @@ DELIVERY_COUNTS = (
     "SELECT state, COUNT(*) FROM deliveries WHERE sink = ? AND item NOT LIKE 'ticket:%' GROUP BY state"
 )
 RETRY_REJECTED = "UPDATE deliveries SET state = 'pending' WHERE sink = ? AND state = 'rejected'"
+# A sink's rejection is cleared by queueing the delivery again, not by the source's mail.
+CLEAR_DEAD_LETTERS = "DELETE FROM dead_letters WHERE source = ? AND reason <> 'sink_rejected'"
+CLEAR_SINK_REJECTIONS = "DELETE FROM dead_letters WHERE reason = 'sink_rejected'"
 
 
 def key_prefix(tenant: str) -> str:
@@ -466,7 +469,7 @@ class SqliteStore:
                     _insert_dead_letter(db, outcome.dead_letter, now)
                     continue
                 # A source that now gets through (a redrive after a fix) is no longer dead.
-                db.execute("DELETE FROM dead_letters WHERE source = ?", (outcome.source,))
+                db.execute(CLEAR_DEAD_LETTERS, (outcome.source,))
                 if outcome.kind in ("created", "threaded") and outcome.ticket_id:
                     touched |= _write_message(db, outcome, now, self._sinks)
             for ticket_id in touched:
@@ -539,8 +542,9 @@ class SqliteStore:
         return {state: int(count) for state, count in rows}
 
     def retry_rejected(self, sink: str) -> int:
-        """Make the sink's rejected deliveries pending again; return how many."""
+        """Make the sink's rejected deliveries pending again, clearing their dead letters; return how many."""
         with self._transaction() as db:
+            db.execute(CLEAR_SINK_REJECTIONS)
             return db.execute(RETRY_REJECTED, (sink,)).rowcount
 
     # -- the ledger, for the thread join --------------------------------------

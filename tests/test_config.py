@@ -224,3 +224,14 @@ def test_clamd_address_has_one_of_two_forms():
 def test_sink_numbers_must_be_positive():
     with pytest.raises(ConfigError, match=r"'sink.max_backlog'.*0.*positive"):
         settings_from_mapping({"sink": {"max_backlog": 0}})
+
+
+def test_rule_tenants_are_lower_case():
+    with pytest.raises(ConfigError, match=r"'sink.rules\[0\].when.tenant'.*'ACME'.*write 'acme'"):
+        settings_from_mapping({"sink": {"rules": [{"when": {"tenant": ["ACME"]}}]}})
+
+
+def test_jira_labels_have_no_spaces():
+    with pytest.raises(ConfigError, match=r"'sink.rules\[0\].labels'.*'needs triage'.*'needs-triage'"):
+        settings_from_mapping({"sink": {"kind": "jira", "jira": {"url": "https://j.example"},
+                                        "rules": [{"labels": ["needs triage"]}]}})

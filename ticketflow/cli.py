@@ -221,7 +221,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not summary.balanced():
         print("ticketflow: error: the run's counts do not add up; this is a bug", file=sys.stderr)
         return 1
-    return 0
+    return _pending_status(summary.deliveries)
+
+
+def _pending_status(deliveries: dict[str, Any] | None) -> int:
+    """Return exit status 3 when deliveries are still pending after a run, saying what to do."""
+    if not deliveries or not deliveries.get("pending"):
+        return 0
+    print(
+        f"ticketflow: {deliveries['pending']} deliveries to {deliveries['sink']} are still pending "
+        "in the store; `ticketflow deliver --config FILE --store URL` sends them",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def _check_run_arguments(args: argparse.Namespace, settings: Any) -> None:
@@ -281,8 +293,22 @@ def _run_cluster(args: argparse.Namespace, settings: Any) -> int:
         print(f"ticketflow: error: {exc}", file=sys.stderr)
         return 1
     # Process 0 sent during the run; what the others stored last is sent here.
-    _print_summary(_with_deliveries(counts, _drain_sink(settings, args.store)), args.json)
-    return 0
+    deliveries = _merged_deliveries(counts.pop("deliveries", None), _drain_sink(settings, args.store))
+    _print_summary(_with_deliveries(counts, deliveries), args.json)
+    return _pending_status(deliveries)
+
+
+def _merged_deliveries(
+    during: dict[str, Any] | None, at_end: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Add what process 0 sent during a cluster run to what the parent sent at its end."""
+    if during is None or at_end is None:
+        return at_end or during
+    merged = dict(at_end)
+    for name, value in during.items():
+        if name not in ("sink", "pending"):
+            merged[name] = merged.get(name, 0) + int(value)
+    return merged
 
 
 def _drain_sink(settings: Any, store_url: str, retry_rejected: bool = False) -> dict[str, Any] | None:
@@ -321,7 +347,7 @@ def _cmd_deliver(args: argparse.Namespace) -> int:
         print(json.dumps(counts), flush=True)
     else:
         print(", ".join(f"{name} {value}" for name, value in counts.items()), flush=True)
-    return 1 if counts["pending"] else 0
+    return 3 if counts["pending"] else 0
 
 
 def _with_deliveries(counts: dict[str, Any], deliveries: dict[str, Any] | None) -> dict[str, Any]:
@@ -429,10 +455,16 @@ def _redrive_store(args: argparse.Namespace) -> dict[str, Any]:
     from ticketflow.model import RawMessage
     from ticketflow.runner import run_flow
 
+    if args.reason == "sink_rejected":
+        raise ValueError(
+            "--reason sink_rejected: these messages are stored; the ticket system rejected them. "
+            "Fix the cause, then run `ticketflow deliver --retry-rejected --config FILE`"
+        )
     settings = load_settings(args.config)
     store = open_store(args.store, existing=True)
     try:
-        chosen = {letter["source"] for letter in _with_reason(store.dead_letters(), args.reason)}
+        letters = [letter for letter in store.dead_letters() if letter["reason"] != "sink_rejected"]
+        chosen = {letter["source"] for letter in _with_reason(letters, args.reason)}
         records = [
             RawMessage(source=source, raw=raw)
             for source, raw in store.dead_letter_records()

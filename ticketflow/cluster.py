@@ -145,7 +145,7 @@ def _stop_others(children: list[subprocess.Popen[str]]) -> None:
             child.kill()
 
 
-def _sum_summaries(outputs: list[str]) -> dict[str, int]:
+def _sum_summaries(outputs: list[str]) -> dict[str, Any]:
     total = dict.fromkeys(SUMMARY_FIELDS, 0)
     for output in outputs:
         lines = [line for line in output.splitlines() if line.strip()]
@@ -154,4 +154,15 @@ def _sum_summaries(outputs: list[str]) -> dict[str, int]:
         summary = json.loads(lines[-1])
         for name in SUMMARY_FIELDS:
             total[name] += int(summary[name])
+        _add_deliveries(total, summary.get("deliveries"))
     return total
+
+
+def _add_deliveries(total: dict[str, Any], deliveries: dict[str, Any] | None) -> None:
+    """Add one process's delivery counts (only process 0 sends) to the cluster's."""
+    if not deliveries:
+        return
+    summed = total.setdefault("deliveries", {"sink": deliveries["sink"]})
+    for name, value in deliveries.items():
+        if name != "sink":
+            summed[name] = summed.get(name, 0) + int(value)

@@ -764,6 +764,12 @@ def _check_rule(rule: MappingRule, dotted: str, kind: str, origin: str) -> None:
             raise ConfigError(
                 f"invalid value for '{dotted}.when.priority' in {origin}: {priority!r}; use P0 to P4"
             )
+    for tenant in rule.when.tenant:
+        if tenant != tenant.lower():
+            raise ConfigError(
+                f"invalid value for '{dotted}.when.tenant' in {origin}: {tenant!r}; tenants are "
+                f"lower case, so write {tenant.lower()!r}"
+            )
     for status in rule.when.status:
         if status not in ("open", "review"):
             raise ConfigError(
@@ -771,6 +777,13 @@ def _check_rule(rule: MappingRule, dotted: str, kind: str, origin: str) -> None:
             )
     if kind == "none":
         return
+    if kind == "jira":
+        for label in rule.labels:
+            if not label or any(character.isspace() for character in label):
+                raise ConfigError(
+                    f"invalid value for '{dotted}.labels' in {origin}: {label!r}; Jira labels "
+                    f"have no spaces, e.g. {'-'.join(label.split()) or 'a-label'!r}"
+                )
     for name in fields_set_by(rule):
         readers = FIELD_SINKS[name]
         if kind not in readers:

@@ -197,8 +197,10 @@ def run_flow(
             recovery_config=recovery,
         )
         if delivery is not None and addresses is None:
-            # A cluster's parent drains once every process is done (`drain_deliveries`).
-            context.summary.deliveries = drain_deliveries(delivery, stop.event.is_set())
+            context.summary.deliveries = drain_deliveries(delivery, stop.event)
+        elif delivery is not None:
+            # A cluster's parent drains once every process is done, and adds up these counts.
+            context.summary.deliveries = {"sink": delivery.sink.name, **delivery.counts.as_dict()}
         log.info("run finished: %s", context.summary.as_dict())
         return context.summary
     finally:
@@ -243,10 +245,15 @@ def attachment_store_for(settings: Settings) -> Any:
 STOPPING_DRAIN_SECONDS = 5.0
 
 
-def drain_deliveries(delivery: Any, stopping: bool = False) -> dict[str, Any]:
-    """Send what is still pending at the end of a run; return the sink's counts for the summary."""
-    timeout = min(STOPPING_DRAIN_SECONDS, delivery.drain_timeout) if stopping else None
-    counts = delivery.drain(timeout)
+def drain_deliveries(delivery: Any, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Send what is still pending at the end of a run; return the sink's counts for the summary.
+
+    A run stopped by SIGTERM sends for at most `STOPPING_DRAIN_SECONDS`, and a
+    SIGTERM during the drain ends it; what is left waits in the store.
+    """
+    stop = stop or threading.Event()
+    timeout = min(STOPPING_DRAIN_SECONDS, delivery.drain_timeout) if stop.is_set() else None
+    counts = delivery.drain(timeout, stopping=lambda: stop.is_set() and timeout is None)
     return {"sink": delivery.sink.name, **delivery.counts.as_dict(),
             "pending": int(counts.get("pending", 0))}
 

@@ -127,7 +127,7 @@ def test_drain_waits_out_retry_after(store):
     counts = delivery.drain()
 
     assert counts == {"done": 1}
-    assert clock.slept == [2.0, 2.0]
+    assert sum(clock.slept) == 4.0
 
 
 def test_drain_gives_up_at_its_timeout_and_leaves_items_pending(store):
@@ -321,3 +321,70 @@ def test_metrics_count_each_result_and_the_backlog(store):
 
     assert (value("rate_limited"), value("rejected"), value("delivered")) == (1, 1, 1)
     assert metrics.sink_backlog.labels("memory")._value.get() == 0
+
+
+def test_retry_after_zero_does_not_end_the_drain(store):
+    sink = MemorySink()
+    delivery = Delivery(sink, store, sample_settings())
+    sink.fail("create_ticket", RateLimited("memory", 0.0), RateLimited("memory", 0.0))
+    store.write([created("<a@x>", "tkt_a")])
+
+    counts = delivery.drain()
+
+    assert counts == {"done": 1}
+    assert len(sink.tickets) == 1
+
+
+def test_rejected_credentials_keep_every_item_pending(store):
+    sink = MemorySink()
+    clock = FakeClock()
+    delivery = Delivery(sink, store, sample_settings(), clock=clock, sleep=clock.sleep)
+    sink.fail("find_ticket", SinkRejected("memory", 401, "authentication failed"))
+    store.write([created("<a@x>", "tkt_a"), created("<b@x>", "tkt_b")])
+
+    delivery.deliver_due()
+
+    assert sink.calls == ["find_ticket"]
+    assert store.delivery_counts("memory") == {"pending": 2}
+    assert store.dead_letters() == []
+    clock.now += 60
+    delivery.deliver_due()
+    assert len(sink.tickets) == 2
+
+
+def test_drain_ends_when_asked_to_stop(store):
+    sink = MemorySink()
+    clock = FakeClock()
+    delivery = Delivery(sink, store, sample_settings(), clock=clock, sleep=clock.sleep)
+    sink.fail("create_ticket", RateLimited("memory", 50.0))
+    store.write([created("<a@x>", "tkt_a")])
+
+    counts = delivery.drain(timeout=100.0, stopping=lambda: clock.now >= 1003.0)
+
+    assert counts == {"pending": 1}
+    assert sum(clock.slept) == 3.0
+
+
+def test_sink_rejections_stay_until_queued_again(store):
+    sink = MemorySink()
+    delivery = Delivery(sink, store, sample_settings())
+    sink.fail("create_ticket", SinkRejected("memory", 400, "no such project"))
+    outcome = created("<a@x>", "tkt_a")
+    store.write([outcome])
+    delivery.deliver_due()
+
+    # The same mail again (a duplicate) does not hide the rejection.
+    store.write([Outcome(kind="duplicate", source=outcome.source, tenant="acme", copy=outcome.copy)])
+    assert [letter["reason"] for letter in store.dead_letters()] == ["sink_rejected"]
+
+    store.retry_rejected("memory")
+    assert store.dead_letters() == []
+    delivery.drain()
+    assert store.dead_letters() == []
+    assert len(sink.tickets) == 1
+
+
+def test_titles_lose_control_and_bidi_characters():
+    from ticketflow.connectors.delivery import plain_title
+
+    assert plain_title("Invoice \u202eexe.fdp\r\nnext\x00") == "Invoice exe.fdp next"

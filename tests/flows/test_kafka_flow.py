@@ -195,5 +195,6 @@ def test_two_processes_deliver_each_ticket_once_to_a_webhook(sample_topic, tmp_p
             stored.close()
         comments = sum(len(items) for items in receiver.comments.values())
         assert summary["deliveries"]["pending"] == 0
+        assert summary["deliveries"]["delivered"] == sum(len(ticket["messages"]) for ticket in tickets)
         assert len(receiver.tickets) == len(tickets)
         assert comments == sum(len(ticket["messages"]) for ticket in tickets) - len(tickets)

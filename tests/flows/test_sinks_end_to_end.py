@@ -209,3 +209,43 @@ def test_stored_attachments_are_uploaded_once(tmp_path, capsys, monkeypatch):
                         if attachment["download_url"])
         assert stored
         assert uploaded == stored
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+
+
+def test_unreachable_system_exits_3_and_deliver_sends_later(tmp_path, capsys, monkeypatch):
+    from tests.connectors.webhook_receiver import WebhookReceiver
+
+    monkeypatch.setenv("TICKETFLOW_WEBHOOK_SECRET", "webhook-secret")
+    store_url = f"sqlite:///{tmp_path / 'hook.db'}"
+    config = tmp_path / "down.toml"
+    config.write_text(SAMPLE_CONFIG + '\n[sink]\nkind = "webhook"\nretries = 1\ndrain_timeout = 0.5\n'
+                      f'[sink.webhook]\nurl = "{closed_port_url()}"\n', encoding="utf-8")
+
+    status = main(["run", "--input", str(SAMPLE), "--config", str(config), "--store", store_url,
+                   "--metrics-port", "0", "--json"])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert status == 3
+    assert summary["deliveries"]["pending"] == sum(len(t["messages"]) for t in stored_tickets(store_url))
+    assert "ticketflow deliver" in captured.err
+
+    with WebhookReceiver(secret=b"webhook-secret") as receiver:
+        config.write_text(SAMPLE_CONFIG + '\n[sink]\nkind = "webhook"\n'
+                          f'[sink.webhook]\nurl = "{receiver.hook_url}"\n', encoding="utf-8")
+        assert main(["deliver", "--config", str(config), "--store", store_url, "--json"]) == 0
+        counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert counts["pending"] == 0
+        assert len(receiver.tickets) == len(stored_tickets(store_url))
+
+
+def test_redrive_points_sink_rejections_to_deliver(tmp_path, capsys):
+    status = main(["redrive", "--store", f"sqlite:///{tmp_path / 'any.db'}", "--reason", "sink_rejected"])
+    assert status == 2
+    assert "ticketflow deliver --retry-rejected" in capsys.readouterr().err
