@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ticketflow.operators.mime_defects import DefectLog
 from ticketflow.operators.mime_words import decode_encoded_words
@@ -21,15 +21,17 @@ _ADDR_SPEC = re.compile(r'^(?:"[^"]*"|[^@\s<>(),;:"]+)@[^@\s<>(),;:"]+$')
 _NEEDS_FULL_SCAN = re.compile(r'["()\\:;]')
 _SIMPLE_MAILBOX = re.compile(r"^([^<>]*)<([^<>]*)>\s*$")
 _BRACKETED_ID = re.compile(r"<([^<>]*)>")
-_WHITESPACE = re.compile(r"\s+")
+# Characters that end a stretch of text in each state of `strip_comments`.
+_COMMENT_OR_QUOTE_START = re.compile(r'[("]')
+_COMMENT_SPECIAL = re.compile(r"[()\\]")
+_QUOTED_SPECIAL = re.compile(r'["\\]')
 # Characters a msg-id cannot contain: whitespace, controls and stray angle brackets.
 _ID_NOISE = re.compile(r"[\s\x00-\x1f\x7f<>]+")
 # Domain of synthesized Message-IDs; ".invalid" can never be a real domain (RFC 2606).
 _SYNTHETIC_ID_DOMAIN = "ticketflow.invalid"
 
 
-@dataclass(frozen=True)
-class Mailbox:
+class Mailbox(NamedTuple):
     """One address: the decoded display name and the bare, lowercased address."""
 
     name: str
@@ -57,13 +59,20 @@ def _finish(builder: _MailboxBuilder, defects: DefectLog, where: str) -> Mailbox
     else:
         address = "".join(builder.spec)
         name = ""
-    # Whitespace inside a quoted local part is part of the address.
-    address = (address.strip() if '"' in address else _WHITESPACE.sub("", address)).lower()
     if not name.strip() and builder.comments:
         name = builder.comments[0]
-    name = (
-        _WHITESPACE.sub(" ", decode_encoded_words(name, defects, where)).strip().strip('"').strip()
-    )
+    return _mailbox(name, address, defects, where)
+
+
+def _mailbox(name: str, address: str, defects: DefectLog, where: str) -> Mailbox | None:
+    """Normalize one mailbox's display name and address, or return None when both are empty."""
+    # Whitespace inside a quoted local part is part of the address. `str.split()`
+    # splits at the same characters as the regex class `\s` (checked for every
+    # code point on Python 3.11).
+    address = (address.strip() if '"' in address else "".join(address.split())).lower()
+    if "=?" in name:
+        name = decode_encoded_words(name, defects, where)
+    name = " ".join(name.split()).strip('"').strip()
     if not address and not name:
         return None
     if not _ADDR_SPEC.match(address):
@@ -81,18 +90,15 @@ def _parse_simple_address_list(text: str, defects: DefectLog, where: str) -> lis
     pieces = []
     for chunk in text.split(","):
         found = _SIMPLE_MAILBOX.match(chunk)
-        builder = _MailboxBuilder()
         if found:
-            builder.phrase.append(found.group(1))
-            builder.angle = [found.group(2)]
+            pieces.append(found.groups())  # (display name, address); no route without ":"
         elif "<" in chunk or ">" in chunk:
             return None
         else:
-            builder.spec.append(chunk)
-        pieces.append(builder)
+            pieces.append(("", chunk))
     mailboxes = []
-    for builder in pieces:
-        mailbox = _finish(builder, defects, where)
+    for name, address in pieces:
+        mailbox = _mailbox(name, address, defects, where)
         if mailbox is not None:
             mailboxes.append(mailbox)
     return mailboxes
@@ -108,6 +114,11 @@ def parse_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbo
     simple = _parse_simple_address_list(text, defects, where)
     if simple is not None:
         return simple
+    return _scan_address_list(text, defects, where)
+
+
+def _scan_address_list(text: str, defects: DefectLog, where: str) -> list[Mailbox]:
+    """Parse any address list character by character: quotes, comments, groups, escapes."""
     mailboxes: list[Mailbox] = []
     builder = _MailboxBuilder()
     quoted = escaped = in_angle = False
@@ -182,27 +193,57 @@ def strip_comments(text: str) -> str:
     if "(" not in text and '"' not in text:
         return text
     kept: list[str] = []
-    depth = 0
-    quoted = escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\" and (quoted or depth):
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif depth:
-            depth += {"(": 1, ")": -1}.get(char, 0)
-        elif char == "(":
-            depth = 1
-        elif char == '"':
-            quoted = True
+    position = 0
+    while True:
+        opening = _COMMENT_OR_QUOTE_START.search(text, position)
+        if opening is None:
+            kept.append(text[position:])
+            return "".join(kept)
+        kept.append(text[position : opening.start()])
+        if opening.group() == "(":
+            position = _comment_end(text, opening.end())
         else:
-            kept.append(char)
-    return "".join(kept)
+            position = _quoted_string_end(text, opening.end())
+
+
+def _comment_end(text: str, position: int) -> int:
+    """Return where the comment opened before `position` ends (nested, with escapes)."""
+    depth = 1
+    while True:
+        found = _COMMENT_SPECIAL.search(text, position)
+        if found is None:
+            return len(text)  # unclosed: the comment runs to the end
+        position = found.end()
+        char = found.group()
+        if char == "\\":
+            position += 1
+        elif char == "(":
+            depth += 1
+        else:
+            depth -= 1
+            if not depth:
+                return position
+
+
+def _quoted_string_end(text: str, position: int) -> int:
+    """Return where the quoted string opened before `position` ends (with escapes)."""
+    while True:
+        found = _QUOTED_SPECIAL.search(text, position)
+        if found is None:
+            return len(text)  # unclosed: the string runs to the end
+        position = found.end()
+        if found.group() == "\\":
+            position += 1
+        else:
+            return position
 
 
 def _bracketed(inner: str, defects: DefectLog, where: str) -> str | None:
+    # Every whitespace character but the space is unprintable, and so are the
+    # controls (checked for every code point on Python 3.11): a printable id
+    # without spaces or brackets has no noise to remove.
+    if inner and inner.isprintable() and " " not in inner and "<" not in inner and ">" not in inner:
+        return f"<{inner}>"
     compact = _ID_NOISE.sub("", inner)
     if not compact:
         return None

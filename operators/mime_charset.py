@@ -405,8 +405,10 @@ def _decode_declared(data: bytes, codec: str, defects: DefectLog, where: str) ->
     if codec == "ascii":
         return _decode_guessed(data, "declared us-ascii but contains 8-bit bytes", defects, where)
     if codec == "utf-8":
-        if is_valid_utf8(data):
+        try:
             return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
         if _has_valid_multibyte_utf8(data):
             defects.add("charset_repaired", f"{where}: invalid UTF-8 bytes read as windows-1252")
             return data.decode("utf-8", errors=REPAIR_ERRORS)

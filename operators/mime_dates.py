@@ -7,6 +7,7 @@ an ISO 8601 date, which some relays write into Received, is accepted too.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_tz
 
@@ -14,6 +15,24 @@ from email.utils import parsedate_tz
 # digits, and no mail was sent before 1970.
 _FIRST_YEAR = 1970
 _LAST_YEAR = 9999
+
+# The form nearly every mailer writes, "Tue, 28 Apr 2026 10:00:00 +0200",
+# read without `parsedate_tz`. Whatever follows the zone after whitespace, such
+# as "(UTC)", is ignored, as `parsedate_tz` ignores all but its first five
+# words. For these strings both readings give the same instant; any other
+# string goes to `parsedate_tz`.
+_COMMON_DATE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?([0-9]{1,2}) ([A-Z][a-z]{2}) ([1-9][0-9]{3}) "
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})(?:\s.*)?",
+    re.DOTALL,
+)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
 
 
 def parse_mail_date(text: str) -> datetime | None:
@@ -28,6 +47,27 @@ def parse_mail_date(text: str) -> datetime | None:
 
 
 def _parse_rfc5322(text: str) -> datetime | None:
+    found = _COMMON_DATE.fullmatch(text)
+    if found is not None and found.group(2) in _MONTHS:
+        return _common_date_moment(found)
+    return _parse_with_parsedate_tz(text)
+
+
+def _common_date_moment(found: re.Match[str]) -> datetime | None:
+    """Return the instant a `_COMMON_DATE` match names, or None when it is no valid date."""
+    day, month_name, year, hour, minute, second, sign, zone_hours, zone_minutes = found.groups()
+    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+    month = _MONTHS[month_name]
+    try:
+        local = datetime(
+            int(year), month, int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+        return local - timedelta(seconds=-offset if sign == "-" else offset)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _parse_with_parsedate_tz(text: str) -> datetime | None:
     try:
         parts = parsedate_tz(text)
     except (ValueError, IndexError, TypeError, OverflowError):

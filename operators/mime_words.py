@@ -21,7 +21,13 @@ from ticketflow.operators.mime_defects import DefectLog
 
 ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([BbQq])\?([^?]*)\?=")
 
-_Q_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_HEX_DIGITS = "0123456789ABCDEFabcdef"
+# Each "=XX" escape of the Q encoding (hex digits in either case) to its byte.
+_Q_ESCAPES = {
+    f"{high}{low}".encode("ascii"): bytes([int(high + low, 16)])
+    for high in _HEX_DIGITS
+    for low in _HEX_DIGITS
+}
 _BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/=]")
 _BASE64_CHUNK = re.compile(rb"([A-Za-z0-9+/]*)(=*)")
 
@@ -40,8 +46,21 @@ def decode_header_bytes(raw: bytes, defects: DefectLog, where: str) -> str:
 
 
 def _decode_q(text: str) -> bytes:
+    """Decode the Q encoding: "_" is a space, "=XX" a byte, any other "=" stays as it is."""
     data = text.replace("_", " ").encode("utf-8")
-    return _Q_ESCAPE.sub(lambda escape: bytes([int(escape.group(1), 16)]), data)
+    if "=" not in text:
+        return data
+    first, *escaped = data.split(b"=")
+    decoded = [first]
+    for piece in escaped:
+        byte = _Q_ESCAPES.get(piece[:2])
+        if byte is None:
+            decoded.append(b"=")
+            decoded.append(piece)
+        else:
+            decoded.append(byte)
+            decoded.append(piece[2:])
+    return b"".join(decoded)
 
 
 def decode_base64_leniently(text: bytes, defects: DefectLog, where: str) -> bytes:
@@ -52,6 +71,16 @@ def decode_base64_leniently(text: bytes, defects: DefectLog, where: str) -> byte
     "base64_padding" when a chunk's length or padding was wrong. Never raises.
     """
     compact = text.translate(None, b" \t\r\n")
+    try:
+        # Well-formed base64 (alphabet only, padded once at the end) decodes
+        # the same either way, with nothing to record.
+        return binascii.a2b_base64(compact, strict_mode=True)
+    except binascii.Error:
+        return _decode_base64_chunks(compact, defects, where)
+
+
+def _decode_base64_chunks(compact: bytes, defects: DefectLog, where: str) -> bytes:
+    """Decode base64 without whitespace chunk by chunk, repairing what is wrong."""
     cleaned = _BASE64_NOISE.sub(b"", compact)
     if len(cleaned) != len(compact):
         defects.add("base64_junk", f"{where}: characters outside the base64 alphabet dropped")
@@ -77,11 +106,49 @@ def _word_bytes(encoding: str, payload: str, defects: DefectLog, where: str) -> 
     return decode_base64_leniently(payload.encode("utf-8"), defects, where)
 
 
+class _DefectRecorder(DefectLog):
+    """A defect log that keeps every `add` call in order, so the calls can be replayed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def add(self, code: str, detail: str) -> None:
+        """Record one call, without de-duplicating or bounding."""
+        self.calls.append((code, detail))
+
+
+# Decoded texts by (text, where), with the defects their decoding recorded.
+# Decoding depends on nothing else, so replaying the defects into another log
+# has the same effect as decoding again. The same Subject is decoded for the
+# envelope and for `headers`, and a sender's name recurs in a thread.
+_DECODED_WORDS: dict[tuple[str, str], tuple[str, tuple[tuple[str, str], ...]]] = {}
+_MAX_DECODED_WORDS = 2048  # entries; the cache is emptied when full
+_MAX_CACHED_TEXT = 1024  # characters; longer texts are decoded every time
+
+
 def decode_encoded_words(text: str, defects: DefectLog, where: str) -> str:
     """Decode every RFC 2047 encoded word in `text`; other text is kept as it is."""
     if "=?" not in text:
         return text
+    if len(text) > _MAX_CACHED_TEXT:
+        return _decode_encoded_words(text, defects, where)
 
+    key = (text, where)
+    cached = _DECODED_WORDS.get(key)
+    if cached is None:
+        recorder = _DefectRecorder()
+        cached = (_decode_encoded_words(text, recorder, where), tuple(recorder.calls))
+        if len(_DECODED_WORDS) >= _MAX_DECODED_WORDS:
+            _DECODED_WORDS.clear()
+        _DECODED_WORDS[key] = cached
+    decoded, calls = cached
+    for code, detail in calls:
+        defects.add(code, detail)
+    return decoded
+
+
+def _decode_encoded_words(text: str, defects: DefectLog, where: str) -> str:
     pieces: list[str | tuple[str, bytearray]] = []
     position = 0
     for word in ENCODED_WORD.finditer(text):
