@@ -727,14 +727,6 @@ def _check_settings(settings: SinkSettings) -> None:
         raise ConfigError(
             "missing value for 'sink.jira.project'; set the key of the project new issues go to"
         )
-    for number, rule in enumerate(settings.rules):
-        for label in rule.labels:
-            if not label or any(character.isspace() for character in label) or len(label) > 255:
-                raise ConfigError(
-                    f"invalid label {label!r} in 'sink.rules[{number}].labels': Jira labels "
-                    "are 1 to 255 characters without spaces; use e.g. "
-                    f"{'-'.join(label.split())[:255] or 'a-label'!r}"
-                )
 
 
 def _read_token(variable: str, environ: Mapping[str, str]) -> str:

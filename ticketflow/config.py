@@ -779,10 +779,11 @@ def _check_rule(rule: MappingRule, dotted: str, kind: str, origin: str) -> None:
         return
     if kind == "jira":
         for label in rule.labels:
-            if not label or any(character.isspace() for character in label):
+            if not label or any(character.isspace() for character in label) or len(label) > 255:
                 raise ConfigError(
                     f"invalid value for '{dotted}.labels' in {origin}: {label!r}; Jira labels "
-                    f"have no spaces, e.g. {'-'.join(label.split()) or 'a-label'!r}"
+                    f"are 1 to 255 characters without spaces, e.g. "
+                    f"{'-'.join(label.split())[:255] or 'a-label'!r}"
                 )
     for name in fields_set_by(rule):
         readers = FIELD_SINKS[name]

@@ -801,10 +801,8 @@ def test_incomplete_settings_raise_config_error(options: dict[str, str], message
 
 
 def test_label_with_space_in_rules_raises_config_error() -> None:
-    settings = sink_settings("https://example.atlassian.net", rules=[{"labels": ["needs triage"]}])
-
     with pytest.raises(ConfigError, match=r"'sink.rules\[0\].labels'.*'needs-triage'"):
-        JiraSink(settings)
+        sink_settings("https://example.atlassian.net", rules=[{"labels": ["needs triage"]}])
 
 
 def test_construction_sends_no_request(make_sink: Callable[..., JiraSink]) -> None:
