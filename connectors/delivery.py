@@ -10,7 +10,7 @@ oldest first, and marks each item done or rejected in the store. So:
   a restart from a snapshot) is never queued twice.
 - **Nothing is made twice.** Before creating a ticket, the sink is asked for one
   with the same external id (ticketflow's ticket id), so a replay into a new
-  store, or a create whose answer was lost, finds the ticket instead. A comment
+  store, or a create whose response was lost, finds the ticket instead. A comment
   whose earlier try had an unknown outcome, or on a ticket found rather than
   created, is checked against the sink's comments (`verify=True`) first.
 - **The flow does not sleep on a sink.** `deliver_due` runs after each store
@@ -19,7 +19,7 @@ oldest first, and marks each item done or rejected in the store. So:
   backlog waits in it. Only when the backlog passes `[sink] max_backlog` does
   `deliver_due` wait for the sink, which holds the source back (backpressure).
 - **Refusals become dead letters.** A permanent refusal (4xx) marks the item
-  rejected and stores a dead letter `sink_rejected` with the sink's answer and
+  rejected and stores a dead letter `sink_rejected` with the sink's response and
   the message's source; `ticketflow deliver --retry-rejected` queues them again
   once the cause is fixed.
 

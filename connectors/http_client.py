@@ -1,17 +1,17 @@
 """The HTTP client every external sink shares: timeouts, retries, and errors the delivery understands.
 
-`SinkHttpClient.request` sends one request and returns the answer of a 2xx
+`SinkHttpClient.request` sends one request and returns the response of a 2xx
 status. It turns every other answer into the errors of `ticketflow.connectors.sink`:
 
 - 429 raises `RateLimited` at once with the Retry-After delay (seconds or an
   HTTP date; 1 second when the header is missing or unreadable). It never
   sleeps: the delivery decides when to ask again, so the flow keeps running.
-- timeouts, connection errors and 5xx answers are tried again up to
+- timeouts, connection errors and 5xx responses are tried again up to
   `[sink] retries` times, the delay doubling from `[sink] backoff`; then
   `SinkUnavailable`. A request that is not idempotent (POST) is tried again only
   when `retry_unsafe` is true, i.e. when the caller has made it safe, for
   example by finding the ticket first.
-- any other 4xx raises `SinkRejected` with the status and the answer's text
+- any other 4xx raises `SinkRejected` with the status and the response's text
   (shortened to 500 characters).
 
 One INFO line is logged per request: method, path, status and milliseconds;
@@ -74,7 +74,7 @@ class SinkHttpClient:
         retry_unsafe: bool = False,
         **kwargs: Any,
     ) -> requests.Response:
-        """Send `method path` (path relative to the base URL) and return a 2xx answer."""
+        """Send `method path` (path relative to the base URL) and return a 2xx response."""
         url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
         may_retry = method.upper() in _SAFE_METHODS or retry_unsafe
         delay = self._backoff
@@ -115,7 +115,7 @@ class SinkHttpClient:
             raise RateLimited(self.sink, retry_after_seconds(answer.headers.get("Retry-After")),
                               f"{method} {path} rate limited")
         if status >= 500:
-            raise SinkUnavailable(self.sink, f"{method} {path} answered HTTP {status}: {_short(answer.text)}")
+            raise SinkUnavailable(self.sink, f"{method} {path} returned HTTP {status}: {_short(answer.text)}")
         raise SinkRejected(self.sink, status, f"{method} {path}: {_short(answer.text)}")
 
 

@@ -6,7 +6,7 @@ The store (`--store`) stays the ledger of tickets, keys and external ids; a sink
 translates one ticket operation into that system's API:
 
 - `create_ticket` opens the ticket and returns the system's reference for it
-  (a Jira key, a Zendesk or ServiceNow id, the webhook's answer);
+  (a Jira key, a Zendesk or ServiceNow id, the webhook's response);
 - `find_ticket` looks a ticket up by its external id (`SinkTicket.external_id`),
   so a create that may already have happened is never repeated;
 - `add_comment` adds a later message of the thread as a comment;
@@ -16,14 +16,14 @@ translates one ticket operation into that system's API:
 
 Idempotency: every call carries the external id of its ticket, and every
 comment a marker naming its message (`comment_marker`). When `verify` is true
-(after a crash or an answer that never arrived) a sink first checks whether the
+(after a crash or a response that never arrived) a sink first checks whether the
 operation already happened, by that id or marker, and does nothing if it did.
 
 Errors: a sink raises `RateLimited` for HTTP 429 (with the Retry-After delay in
-seconds), `SinkUnavailable` for timeouts, connection errors and 5xx answers once
-its retries are used up, and `SinkRejected` for every other 4xx answer, with the
-status and the API's answer as the reason. Nothing else may escape a sink call
-for an answer the system gave.
+seconds), `SinkUnavailable` for timeouts, connection errors and 5xx responses once
+its retries are used up, and `SinkRejected` for every other 4xx response, with the
+status and the API's response as the reason. Nothing else may escape a sink call
+for a response the system gave.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class SinkError(Exception):
 
 
 class RateLimited(SinkError):
-    """The system answered 429; ask again after `retry_after` seconds."""
+    """The system returned 429; ask again after `retry_after` seconds."""
 
     def __init__(self, sink: str, retry_after: float, message: str = "rate limited") -> None:
         super().__init__(sink, f"{message}; retry after {retry_after:g}s")
@@ -54,13 +54,13 @@ class RateLimited(SinkError):
 
 
 class SinkUnavailable(SinkError):
-    """Timeouts, connection errors or 5xx answers outlasted the retries; try again later."""
+    """Timeouts, connection errors or 5xx responses outlasted the retries; try again later."""
 
 
 class SinkRejected(SinkError):
     """A permanent refusal (4xx other than 429): retrying the same request cannot help.
 
-    `status` is the HTTP status and `answer` the API's answer, shortened; both go
+    `status` is the HTTP status and `answer` the API's response, shortened; both go
     into the dead letter's reason.
     """
 
