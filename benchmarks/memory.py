@@ -2,14 +2,21 @@
 
 A generator source makes small messages on the fly (threads of a new message and
 two replies by In-Reply-To, every 50th message delivered twice), one second of
-event time apart, so the default 24 h dedupe window contains 86,400 deliveries and
-is full well before 100,000 messages. The flow runs in this process into a no-op
-sink, and the sink samples the resident set size (RSS) every 10,000 outcomes.
+event time apart, so the 24 h dedupe window contains 86,400 deliveries and is full
+well before 100,000 messages. The flow runs in this process into a no-op sink, and
+the sink samples the resident set size (RSS) every 10,000 outcomes.
+
+One million messages one second apart span only 11.6 days of event time, so the
+default `[threading] index_ttl` of 30 days would never expire an entry of the
+in-memory thread index here. The run therefore sets `index_ttl` to the 24 h of
+the dedupe window (`WINDOW_SECONDS`): both are full before 100,000 messages, and
+flat memory from there on shows that the state is bounded by event time.
 
 With `--trace N`, a second, shorter run of N messages under `tracemalloc`
 compares the heap at N/2 and at N and lists the source lines whose allocations
-grew most: where the memory goes. That run uses a 1 h dedupe window, full after
-3,600 messages, so what still grows in its second half is not the window.
+grew most: where the memory goes. That run uses a 1 h dedupe window and index
+TTL, full after 3,600 messages, so what still grows in its second half is
+neither.
 
     .venv/bin/python benchmarks/memory.py [--messages 1000000] [--trace 20000]
 """
@@ -29,14 +36,25 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from common import RESULTS, NoOpStore, machine, rss_bytes, say, write_result
 
-from ticketflow.config import DedupeSettings, Settings
+from ticketflow.config import Settings
 from ticketflow.model import RawMessage
 from ticketflow.runner import run_flow
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
 TENANTS = ("acme", "globex", "initech")
 SAMPLE_EVERY = 10_000
+WINDOW_SECONDS = 24 * 3600.0
 TRACE_WINDOW_SECONDS = 3600.0
+
+
+def windowed_settings(seconds: float) -> Settings:
+    """Return the default settings with both the dedupe window and the index TTL set to `seconds`."""
+    defaults = Settings()
+    return dataclasses.replace(
+        defaults,
+        dedupe=dataclasses.replace(defaults.dedupe, window=seconds),
+        threading=dataclasses.replace(defaults.threading, index_ttl=seconds),
+    )
 
 
 def small_message(number: int) -> bytes:
@@ -134,7 +152,8 @@ class SamplingSink(NoOpStore):
 def measure(total: int) -> dict[str, Any]:
     """Run `total` generated messages through the flow; return the RSS samples and the verdict."""
     sink = SamplingSink()
-    summary = run_flow("memory", Settings(), sink, source=GeneratedSource(total))
+    settings = windowed_settings(WINDOW_SECONDS)
+    summary = run_flow("memory", settings, sink, source=GeneratedSource(total))
     samples = sink.samples
     first = next((sample for sample in samples if sample["messages"] >= 100_000), samples[0])
     last = samples[-1]
@@ -147,6 +166,8 @@ def measure(total: int) -> dict[str, Any]:
         "rss_at_end_mb": last["rss_mb"],
         "growth": last["rss_mb"] / first["rss_mb"] - 1,
         "rate": last["rate"],
+        "dedupe_window_seconds": WINDOW_SECONDS,
+        "index_ttl_seconds": WINDOW_SECONDS,
     }
 
 
@@ -161,10 +182,14 @@ def trace_growth(total: int, top: int = 12) -> list[dict[str, Any]]:
             if before < total // 2 <= self.written:
                 half.append(tracemalloc.take_snapshot())
 
-    settings = dataclasses.replace(Settings(), dedupe=DedupeSettings(window=TRACE_WINDOW_SECONDS))
     tracemalloc.start()
     try:
-        run_flow("memory-trace", settings, Snapshotting(), source=GeneratedSource(total))
+        run_flow(
+            "memory-trace",
+            windowed_settings(TRACE_WINDOW_SECONDS),
+            Snapshotting(),
+            source=GeneratedSource(total),
+        )
         end = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()

@@ -53,7 +53,7 @@ def dedupe_key(event: Event) -> str:
     return f"{event['envelope']['message_id']}|{content_hash(event)}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Mark:
     source: str
     seen_at: float  # event time, seconds since the epoch

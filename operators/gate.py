@@ -22,13 +22,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import Message
+from email.utils import quote, unquote
 from typing import Any, Literal
 
 from ticketflow.operators.enrich import (
+    HeaderMap,
     address_domain,
     envelope_field,
-    header_value,
+    header_map,
     is_inbound_address,
 )
 
@@ -119,23 +120,28 @@ def gate(
     routing: RoutingSettings,
     threading: ThreadingSettings,
     gate_settings: GateSettings,
+    *,
+    headers: HeaderMap | None = None,
 ) -> GateDecision:
     """Return the gate's decision for one event, with `bulk_policy` applied.
 
     Under "review", bulk mail gets the review reason "bulk". Under "suppress", it
     may not open a ticket. Under "open", it is treated like any other mail.
+    `headers` is `header_map(event)` when the caller already built it.
     """
-    bulk = bulk_reason(event)
+    if headers is None:
+        headers = header_map(event)
+    bulk = bulk_reason(event, headers=headers)
     reasons = review_reasons(event, gate_settings)
     if bulk and gate_settings.bulk_policy == "review":
         reasons.append("bulk")
 
     return GateDecision(
-        automatic=automatic_reason(event, routing, threading),
+        automatic=automatic_reason(event, routing, threading, headers=headers),
         bulk=bulk,
         review_reasons=tuple(reasons),
         suppress=bool(bulk) and gate_settings.bulk_policy == "suppress",
-        auto_response_suppressed=_auto_response_suppressed(event),
+        auto_response_suppressed=_auto_response_suppressed(headers),
     )
 
 
@@ -196,7 +202,11 @@ def _number(value: Any) -> float | None:
 
 
 def automatic_reason(
-    event: Mapping[str, Any], routing: RoutingSettings, threading: ThreadingSettings
+    event: Mapping[str, Any],
+    routing: RoutingSettings,
+    threading: ThreadingSettings,
+    *,
+    headers: HeaderMap | None = None,
 ) -> str | None:
     """Return why a message is automatic and may never open a ticket, or None.
 
@@ -220,73 +230,120 @@ def automatic_reason(
     The "echo" rule also matches a person replying to one of our notifications. The
     thread stage still attaches such a reply to its ticket when it finds one (by
     header, ticket key or reply address). When it finds none, the reply opens nothing.
+    `headers` is `header_map(event)` when the caller already built it.
     """
-    if _is_bounce(event):
+    if headers is None:
+        headers = header_map(event)
+    content_type = _content_type(headers.get("content-type"))
+
+    if _is_bounce(event, headers, content_type):
         return "bounce"
-    if _content_type(event)[0] == "multipart/report":
+    if content_type == "multipart/report":
         return "report"
-    if _is_auto_submitted(event):
+    if _is_auto_submitted(headers):
         return "auto_submitted"
-    if _is_auto_reply(event):
+    if _is_auto_reply(headers):
         return "auto_reply"
     if _is_echo(event, routing, threading):
         return "echo"
     return None
 
 
-def _is_bounce(event: Mapping[str, Any]) -> bool:
-    content_type, report_type = _content_type(event)
+def _is_bounce(event: Mapping[str, Any], headers: HeaderMap, content_type: str) -> bool:
+    report_type = _report_type(headers.get("content-type"))
     if content_type == "multipart/report" and report_type == "delivery-status":
         return True
-    if header_value(event, "X-Failed-Recipients"):
+    if headers.get("x-failed-recipients"):
         return True
 
     sender = _sender(event)
     local_part = sender.rpartition("@")[0] if "@" in sender else sender
     if local_part == _MAILER_DAEMON:
         return True
-    return local_part == _POSTMASTER and _has_null_return_path(event)
+    return local_part == _POSTMASTER and _has_null_return_path(headers)
 
 
-def _content_type(event: Mapping[str, Any]) -> tuple[str, str]:
-    """Return the top-level content type and its report-type parameter, lowercased."""
-    value = header_value(event, "Content-Type")
+def _content_type(value: str | None) -> str:
+    """Return the lowercased media type of a Content-Type value, or "" when absent.
+
+    Reads it as the stdlib's `email.message.Message.get_content_type` does (compat32):
+    the text before the first ";", stripped, and "text/plain" when that is not one
+    "type/subtype" pair.
+    """
     if not value:
-        return "", ""
-
-    message = Message()
-    message["Content-Type"] = value
-    report_type = message.get_param("report-type", "")
-    if not isinstance(report_type, str):
-        report_type = ""
-    return message.get_content_type(), report_type.strip().lower()
+        return ""
+    media_type = value.partition(";")[0].strip().lower()
+    return media_type if media_type.count("/") == 1 else "text/plain"
 
 
-def _has_null_return_path(event: Mapping[str, Any]) -> bool:
-    value = header_value(event, "Return-Path")
+def _report_type(value: str | None) -> str:
+    """Return the report-type parameter of a Content-Type value, lowercased, or "" when absent.
+
+    Reads it as the stdlib's `email.message.Message.get_param("report-type")` does
+    (compat32): the first parameter of that name, its quotes removed. RFC 2231
+    forms ("report-type*=…") never match, because the stdlib only joins parameter
+    names of letters, digits and "_".
+    """
+    if not value or "report-type" not in value.lower():
+        return ""
+
+    for position, segment in enumerate(_parameter_segments(value)):
+        name, _, raw = segment.partition("=")
+        if name.strip().lower() != "report-type":
+            continue
+        raw = raw.strip()
+        if position > 0:
+            # The stdlib unquotes a parameter value and quotes it again before
+            # `get_param` unquotes it. Doing the same keeps the result identical.
+            raw = f'"{quote(unquote(raw))}"'
+        return unquote(raw).strip().lower()
+    return ""
+
+
+def _parameter_segments(value: str) -> list[str]:
+    """Split a header value at each ";" outside a quoted string, as compat32 does.
+
+    A ";" counts as a separator when an even number of unescaped '"' precede it
+    within the segment.
+    """
+    segments = []
+    rest = value
+    while True:
+        end = rest.find(";")
+        while end > 0 and (rest.count('"', 0, end) - rest.count('\\"', 0, end)) % 2:
+            end = rest.find(";", end + 1)
+        if end < 0:
+            segments.append(rest.strip())
+            return segments
+        segments.append(rest[:end].strip())
+        rest = rest[end + 1 :]
+
+
+def _has_null_return_path(headers: HeaderMap) -> bool:
+    value = headers.get("return-path")
     if value is None:
         return False
     # "<>", "< >" and the "<<>>" that some servers write all mean a null path.
     return not value.strip().strip("<> \t")
 
 
-def _is_auto_submitted(event: Mapping[str, Any]) -> bool:
+def _is_auto_submitted(headers: HeaderMap) -> bool:
     """Tell whether Auto-Submitted is present with a value other than "no".
 
     The value's first token counts, so "auto-replied; owner-email=…" and
     "auto-generated (vacation)" are automatic. An empty value is malformed and does
     not count.
     """
-    token = _first_token(header_value(event, "Auto-Submitted"))
+    token = _first_token(headers.get("auto-submitted"))
     return bool(token) and token != "no"
 
 
-def _is_auto_reply(event: Mapping[str, Any]) -> bool:
-    if _first_token(header_value(event, "Precedence")) == "auto_reply":
+def _is_auto_reply(headers: HeaderMap) -> bool:
+    if _first_token(headers.get("precedence")) == "auto_reply":
         return True
 
-    for name in ("X-Autoreply", "X-Autorespond"):
-        token = _first_token(header_value(event, name))
+    for name in ("x-autoreply", "x-autorespond"):
+        token = _first_token(headers.get(name))
         if token and token not in _NEGATIVE_VALUES:
             return True
     return False
@@ -325,13 +382,13 @@ def _message_id_domain(message_id: str) -> str:
     return address_domain(message_id.strip().strip("<>"))
 
 
-def _auto_response_suppressed(event: Mapping[str, Any]) -> bool:
+def _auto_response_suppressed(headers: HeaderMap) -> bool:
     """Tell whether X-Auto-Response-Suppress requests that no auto-reply be sent.
 
     The header lists what to suppress ("OOF, AutoReply", "All"), and "None" suppresses
     nothing. Only "All" and "AutoReply" cover an acknowledgment from a helpdesk.
     """
-    value = header_value(event, "X-Auto-Response-Suppress") or ""
+    value = headers.get("x-auto-response-suppress") or ""
     requested = {word.strip().casefold() for word in value.split(",")}
     return bool(requested & {"all", "autoreply"})
 
@@ -339,21 +396,25 @@ def _auto_response_suppressed(event: Mapping[str, Any]) -> bool:
 # -- bulk mail ----------------------------------------------------------------------
 
 
-def bulk_reason(event: Mapping[str, Any]) -> str | None:
+def bulk_reason(event: Mapping[str, Any], *, headers: HeaderMap | None = None) -> str | None:
     """Return "list" or "bulk" for mailing-list and bulk mail, else None.
 
     - "list": a List-Id header (RFC 2919), or Precedence: list.
     - "bulk": Precedence: bulk or junk, or a List-Unsubscribe header without
       List-Id. Newsletters and marketing mail carry List-Unsubscribe; a person's
       message does not, unless a mailing list relayed it, and then List-Id is there.
-    """
-    precedence = _first_token(header_value(event, "Precedence"))
 
-    if (header_value(event, "List-Id") or "").strip() or precedence == "list":
+    `headers` is `header_map(event)` when the caller already built it.
+    """
+    if headers is None:
+        headers = header_map(event)
+    precedence = _first_token(headers.get("precedence"))
+
+    if (headers.get("list-id") or "").strip() or precedence == "list":
         return "list"
     if precedence in ("bulk", "junk"):
         return "bulk"
-    if (header_value(event, "List-Unsubscribe") or "").strip():
+    if (headers.get("list-unsubscribe") or "").strip():
         return "bulk"
     return None
 

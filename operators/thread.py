@@ -26,6 +26,11 @@ message joins, the ticket takes the new id and the old one is folded into it.
 A message with thread headers that name nothing known yet is an *orphan*: the
 caller holds it (see `ThreadIndex.decide`'s `allow_open`) until its parent
 arrives, `threading.orphan_wait` passes, or the input ends.
+
+Entries of the in-memory index expire by event time: an entry expires once the
+newest event time seen is more than max(`threading.index_ttl`, `dedupe.window`)
+past its last write. A lookup that misses falls back to the store's ledger, as
+with the Redis state after its TTL.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ticketflow.config import Settings
 from ticketflow.model import Event
@@ -49,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TOKEN_PATTERN = re.compile(r"\+t-([0-9a-f]{12})(?:$|[+.-])")
+
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
 
 
 def thread_parents(event: Event) -> list[str]:
@@ -63,13 +72,14 @@ def thread_parents(event: Event) -> list[str]:
     return [parent for parent in parents if parent != envelope["message_id"]]
 
 
-def sent_at(event: Event) -> str:
+def sent_at(event: Event, headers: Mapping[str, str | None] | None = None) -> str:
     """Return when the author sent a message: its Date header, else its received time.
 
     Every delivery of a message carries the same Date, so this orders a thread
-    the same way whichever delivery was kept.
+    the same way whichever delivery was kept. `headers` maps casefolded header
+    names to values (`enrich.header_map`) when the caller already built it.
     """
-    date = header_value(event, "Date")
+    date = headers.get("date") if headers is not None else header_value(event, "Date")
     if date:
         try:
             moment = parsedate_to_datetime(date)
@@ -157,7 +167,7 @@ def mail_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
-@dataclass
+@dataclass(slots=True)
 class TicketInfo:
     """Thread facts of a ticket: its first message, requester and participants."""
 
@@ -258,25 +268,124 @@ class ThreadState(Protocol):
         ...
 
 
-class MemoryThreadState:
-    """Thread state in plain dicts, for one process; callers hold the index's lock."""
+class _ExpiringMap(Generic[_Key, _Value]):
+    """A dict of live entries plus the event time of each entry's last write.
+
+    `live` is read directly, so a lookup costs one dict access. Writes stamp with
+    an event time that never goes back, so `_stamps` is ordered by stamp and the
+    expired entries are always at its front.
+    """
 
     def __init__(self) -> None:
-        self._ids: dict[tuple[str, str], str] = {}
-        self._refs: dict[tuple[str, str], str] = {}
-        self._subjects: dict[tuple[str, str, str], tuple[str, str]] = {}
-        self._tickets: dict[str, TicketInfo] = {}
-        self._aliases: dict[str, str] = {}
-        self._outcomes: dict[tuple[str, str], tuple[str, str, str]] = {}
-        self._messages: dict[tuple[str, str], str] = {}
+        self.live: dict[_Key, _Value] = {}
+        self._stamps: OrderedDict[_Key, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def put(self, key: _Key, value: _Value, now: float) -> None:
+        self.live[key] = value
+        self._stamps[key] = now
+        self._stamps.move_to_end(key)
+
+    def put_new(self, key: _Key, value: _Value, now: float) -> _Value:
+        """Set `key` unless it is set, and return the value `key` has afterwards.
+
+        An entry already set keeps its stamp, as a Redis `SET NX` keeps its TTL.
+        """
+        current = self.live.get(key)
+        if current is not None:
+            return current
+        self.put(key, value, now)
+        return value
+
+    def pop(self, key: _Key) -> None:
+        self.live.pop(key, None)
+        self._stamps.pop(key, None)
+
+    def drop_before(self, cutoff: float) -> float | None:
+        """Drop the entries stamped before `cutoff` and return the oldest stamp left, or None."""
+        stamps = self._stamps
+        while stamps:
+            key, stamp = next(iter(stamps.items()))
+            if stamp >= cutoff:
+                return stamp
+            del stamps[key]
+            del self.live[key]
+        return None
+
+
+class MemoryThreadState:
+    """Thread state in dicts, for one process; callers hold the index's lock.
+
+    With `ttl_seconds`, an entry expires once the event time passed to
+    `advance_to` is more than `ttl_seconds` past its last write, and is dropped
+    then. So the state keeps about `ttl_seconds` of messages, and a lookup of an
+    older entry falls back to the ledger, as with the Redis state. As there, a
+    `claim_*` on an entry already set does not extend it, while `put_ticket`,
+    `set_alias`, `set_outcome` and a newer `note_subject` do. `ThreadIndex`
+    advances the state it uses to the newest event time it has seen. Without
+    `ttl_seconds` nothing expires.
+    """
+
+    def __init__(self, ttl_seconds: float | None = None) -> None:
+        """Raise ValueError for a negative `ttl_seconds`."""
+        if ttl_seconds is not None and not ttl_seconds >= 0:
+            raise ValueError(
+                f"invalid thread index TTL {ttl_seconds}: use 0 or more seconds "
+                "([threading] index_ttl)"
+            )
+
+        self._ttl = ttl_seconds if ttl_seconds is not None else float("inf")
+        # Event time of writes, in seconds since the epoch.
+        self._now = float("-inf")
+        # No entry is stamped before this, so no drop is due while the cutoff stays below it.
+        self._oldest = float("-inf")
+        self._ids: _ExpiringMap[tuple[str, str], str] = _ExpiringMap()
+        self._refs: _ExpiringMap[tuple[str, str], str] = _ExpiringMap()
+        self._subjects: _ExpiringMap[tuple[str, str, str], tuple[str, str]] = _ExpiringMap()
+        self._tickets: _ExpiringMap[str, TicketInfo] = _ExpiringMap()
+        self._aliases: _ExpiringMap[str, str] = _ExpiringMap()
+        self._outcomes: _ExpiringMap[tuple[str, str], tuple[str, str, str]] = _ExpiringMap()
+        self._messages: _ExpiringMap[tuple[str, str], str] = _ExpiringMap()
+        self._maps: tuple[_ExpiringMap[Any, Any], ...] = (
+            self._ids, self._refs, self._subjects, self._tickets,
+            self._aliases, self._outcomes, self._messages,
+        )
+
+    def __len__(self) -> int:
+        """Return the number of entries held."""
+        return sum(len(entries) for entries in self._maps)
+
+    def advance_to(self, event_time: float) -> None:
+        """Move the state's event time (seconds since the epoch) forward and drop what expired.
+
+        An earlier time than the current one changes nothing: the time never goes back.
+        """
+        if event_time <= self._now:
+            return
+        self._now = event_time
+        cutoff = event_time - self._ttl
+        if cutoff <= self._oldest:
+            return
+
+        # Every later write is stamped at `event_time` or after, so the oldest
+        # stamp left (or `event_time` when nothing is left) bounds all of them.
+        oldest = event_time
+        for entries in self._maps:
+            stamp = entries.drop_before(cutoff)
+            if stamp is not None and stamp < oldest:
+                oldest = stamp
+        self._oldest = oldest
 
     def claim_message(self, tenant: str, message_id: str, dedupe_key: str) -> str:
-        return self._messages.setdefault((tenant, message_id), dedupe_key)
+        return self._messages.put_new((tenant, message_id), dedupe_key, self._now)
 
     def tickets_for_ids(self, tenant: str, message_ids: list[str]) -> dict[str, str]:
+        live = self._ids.live
         found = {}
         for message_id in message_ids:
-            ticket_id = self._ids.get((tenant, message_id))
+            ticket_id = live.get((tenant, message_id))
             if ticket_id is not None:
                 found[message_id] = ticket_id
         return found
@@ -284,45 +393,45 @@ class MemoryThreadState:
     def claim_ids(self, tenant: str, message_ids: list[str], ticket_id: str) -> dict[str, str]:
         taken = {}
         for message_id in message_ids:
-            holder = self._ids.setdefault((tenant, message_id), ticket_id)
+            holder = self._ids.put_new((tenant, message_id), ticket_id, self._now)
             if holder != ticket_id:
                 taken[message_id] = holder
         return taken
 
     def ref(self, tenant: str, ref: str) -> str | None:
-        return self._refs.get((tenant, ref))
+        return self._refs.live.get((tenant, ref))
 
     def claim_ref(self, tenant: str, ref: str, ticket_id: str) -> None:
-        self._refs.setdefault((tenant, ref), ticket_id)
+        self._refs.put_new((tenant, ref), ticket_id, self._now)
 
     def subject(self, tenant: str, requester: str, subject: str) -> tuple[str, str] | None:
-        return self._subjects.get((tenant, requester, subject))
+        return self._subjects.live.get((tenant, requester, subject))
 
     def note_subject(self, tenant: str, requester: str, subject: str, ticket_id: str, seen: str) -> None:
-        previous = self._subjects.get((tenant, requester, subject))
+        previous = self._subjects.live.get((tenant, requester, subject))
         if previous is None or previous[1] <= seen:
-            self._subjects[(tenant, requester, subject)] = (ticket_id, seen)
+            self._subjects.put((tenant, requester, subject), (ticket_id, seen), self._now)
 
     def ticket(self, ticket_id: str) -> TicketInfo | None:
-        return self._tickets.get(ticket_id)
+        return self._tickets.live.get(ticket_id)
 
     def put_ticket(self, info: TicketInfo) -> None:
-        self._tickets[info.ticket_id] = info
+        self._tickets.put(info.ticket_id, info, self._now)
 
     def drop_ticket(self, ticket_id: str) -> None:
-        self._tickets.pop(ticket_id, None)
+        self._tickets.pop(ticket_id)
 
     def alias(self, ticket_id: str) -> str | None:
-        return self._aliases.get(ticket_id)
+        return self._aliases.live.get(ticket_id)
 
     def set_alias(self, old_id: str, new_id: str) -> None:
-        self._aliases[old_id] = new_id
+        self._aliases.put(old_id, new_id, self._now)
 
     def outcome(self, tenant: str, dedupe_key: str) -> tuple[str, str, str] | None:
-        return self._outcomes.get((tenant, dedupe_key))
+        return self._outcomes.live.get((tenant, dedupe_key))
 
     def set_outcome(self, tenant: str, dedupe_key: str, ticket_id: str, kind: str, source: str) -> None:
-        self._outcomes[(tenant, dedupe_key)] = (ticket_id, kind, source)
+        self._outcomes.put((tenant, dedupe_key), (ticket_id, kind, source), self._now)
 
     def flush(self) -> None:
         return None
@@ -341,9 +450,13 @@ class ThreadIndex:
 
     All worker threads of a process share one index (every method holds a lock).
     What this run decided lives in its `ThreadState` (in memory by default, Redis
-    for several processes); what earlier runs wrote is read from the ledger on a
-    miss. The in-memory state grows with the messages of the run (a few hundred
-    bytes each); see the README's Limitations.
+    for several processes); what earlier runs wrote, or what the state has let
+    expire, is read from the ledger on a miss.
+
+    The default in-memory state keeps an entry for max(`threading.index_ttl`,
+    `dedupe.window`) seconds of event time after its last write. Event time is
+    the newest `received_at` seen, capped at each message's `ingested_at`, so a
+    forged future Date cannot expire the whole index at once.
     """
 
     def __init__(
@@ -351,9 +464,32 @@ class ThreadIndex:
     ) -> None:
         self._settings = settings
         self._ledger: Ledger = ledger or NullLedger()
-        self._state: ThreadState = state or MemoryThreadState()
+        if state is None:
+            state = MemoryThreadState(max(settings.threading.index_ttl, settings.dedupe.window))
+        self._state: ThreadState = state
+        # The in-memory state expires by event time, so each decision moves it forward.
+        self._expiring = state if isinstance(state, MemoryThreadState) else None
+        self._last_event_times: tuple[object, object] = (None, None)
         self._key_pattern = re.compile(settings.threading.key_pattern)
         self._lock = threading.RLock()
+
+    def _advance_event_time(self, event: Event) -> None:
+        """Move the in-memory state's event time to this message's time when that is newer.
+
+        The time is `received_at`, but not later than `ingested_at`: mail cannot
+        arrive after it was read. An unreadable time leaves the state's time as it is.
+        """
+        times = (event.get("received_at"), event.get("ingested_at"))
+        if self._expiring is None or times == self._last_event_times:
+            return
+        self._last_event_times = times
+
+        moment = _epoch_seconds(times[0])
+        ingested = _epoch_seconds(times[1])
+        if moment is None or (ingested is not None and ingested < moment):
+            moment = ingested
+        if moment is not None:
+            self._expiring.advance_to(moment)
 
     def decide(self, copy: TenantCopy, dedupe_key: str, allow_open: bool) -> Outcome | None:
         """Thread one tenant copy; return its outcome, or None to hold it as an orphan.
@@ -364,6 +500,7 @@ class ThreadIndex:
         not open one.
         """
         with self._lock:
+            self._advance_event_time(copy.event)
             try:
                 return self._decide(copy, dedupe_key, allow_open)
             finally:
@@ -393,6 +530,7 @@ class ThreadIndex:
         when it is not stored.
         """
         with self._lock:
+            self._advance_event_time(copy.event)
             stored = self._state.outcome(copy.tenant, dedupe_key)
             if stored is None:
                 from_ledger = self._ledger.stored_message(copy.tenant, dedupe_key)
@@ -751,6 +889,22 @@ def _with_tickets(evidence: _Evidence, taken: dict[str, str], ticket_id: str, me
     for holder in taken.values():
         tickets.setdefault(holder, "references")
     return _Evidence(tickets, evidence.unknown_keys, evidence.declined)
+
+
+def _epoch_seconds(timestamp: object) -> float | None:
+    """Return an RFC 3339 timestamp in seconds since the epoch, or None when unreadable.
+
+    A timestamp without a zone is read as UTC.
+    """
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _seconds_before(timestamp: str, seconds: float) -> str:

@@ -71,7 +71,8 @@ class ThreadingSettings:
     own_message_id_domains: tuple[str, ...] = ()
     # Upper bound on References ids read from one message, so a huge header costs bounded work.
     max_references: int = 200
-    # Seconds the shared (Redis) thread index keeps an entry; older lookups fall back to the store.
+    # Seconds an entry of the thread index is kept (event time in memory, Redis's clock in
+    # Redis), at least dedupe.window; older lookups fall back to the store.
     index_ttl: float = 30 * 24 * 3600.0
 
 

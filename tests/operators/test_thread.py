@@ -2,11 +2,15 @@
 
 import itertools
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from ticketflow.config import Settings, settings_from_mapping
 from ticketflow.operators.thread import (
+    MemoryThreadState,
+    ThreadIndex,
+    TicketInfo,
     plus_tokens,
     reply_address,
     subject_keys,
@@ -284,3 +288,154 @@ def test_reused_message_id_does_not_join_the_victim():
     event = outcomes[1].copy.event
     assert event["envelope"]["message_id"].endswith("@reused.ticketflow.invalid>")
     assert [d["code"] for d in event["defects"]] == ["message_id_reused"]
+
+
+class TestMemoryIndexExpiry:
+    """In-memory thread state entries expire by event time; the ledger finds older ones."""
+
+    @pytest.fixture(autouse=True)
+    def state_backend(self):
+        """Replace the module's memory/Redis parameters: these tests are about the memory state."""
+        return "memory"
+
+    HOUR = 3600.0
+
+    @staticmethod
+    def settings(index_ttl=3600.0, dedupe_window=600.0):
+        return settings_from_mapping(
+            {"threading": {"index_ttl": index_ttl}, "dedupe": {"window": dedupe_window}}
+        )
+
+    @staticmethod
+    def parent_and_reply(reply_at):
+        parent = make_event("<p@x>", received_at="2026-04-30T12:00:00Z")
+        reply = make_event("<r@x>", received_at=reply_at, in_reply_to="<p@x>",
+                           references=("<p@x>",))
+        return [make_copy(parent), make_copy(reply)]
+
+    def test_entry_lives_until_ttl_passes(self):
+        state = MemoryThreadState(self.HOUR)
+        state.advance_to(0.0)
+        state.claim_ids("acme", ["<p@x>"], "tkt_a")
+
+        state.advance_to(self.HOUR)
+        assert state.tickets_for_ids("acme", ["<p@x>"]) == {"<p@x>": "tkt_a"}
+        state.advance_to(self.HOUR + 1)
+        assert state.tickets_for_ids("acme", ["<p@x>"]) == {}
+
+    def test_expired_entries_are_dropped(self):
+        state = MemoryThreadState(self.HOUR)
+        state.advance_to(0.0)
+        state.claim_ids("acme", ["<a@x>", "<b@x>"], "tkt_a")
+        state.set_outcome("acme", "k1", "tkt_a", "created", "/a.eml")
+        state.advance_to(self.HOUR / 2)
+        state.claim_ids("acme", ["<c@x>"], "tkt_c")
+        assert len(state) == 4
+
+        state.advance_to(self.HOUR + 1)
+        assert len(state) == 1
+
+    def test_event_time_never_goes_back(self):
+        state = MemoryThreadState(self.HOUR)
+        state.advance_to(2 * self.HOUR)
+        state.claim_ref("acme", "SUP-1", "tkt_a")
+
+        state.advance_to(0.0)
+        state.claim_ref("acme", "SUP-2", "tkt_b")
+        state.advance_to(3 * self.HOUR)
+        assert state.ref("acme", "SUP-1") == "tkt_a"
+        assert state.ref("acme", "SUP-2") == "tkt_b"
+
+    def test_claim_keeps_stamp_put_refreshes(self):
+        state = MemoryThreadState(self.HOUR)
+        state.advance_to(0.0)
+        state.claim_ids("acme", ["<p@x>"], "tkt_a")
+        state.put_ticket(TicketInfo("tkt_a", "acme", "2026-04-30T12:00:00Z", "<p@x>", "a@x"))
+
+        state.advance_to(self.HOUR / 2)
+        assert state.claim_ids("acme", ["<p@x>"], "tkt_b") == {"<p@x>": "tkt_a"}
+        state.put_ticket(TicketInfo("tkt_a", "acme", "2026-04-30T12:00:00Z", "<p@x>", "a@x"))
+
+        state.advance_to(self.HOUR + 1)
+        assert state.tickets_for_ids("acme", ["<p@x>"]) == {}
+        assert state.ticket("tkt_a") is not None
+
+    def test_expired_id_can_be_claimed_again(self):
+        state = MemoryThreadState(self.HOUR)
+        state.advance_to(0.0)
+        state.claim_message("acme", "<p@x>", "key-1")
+
+        state.advance_to(self.HOUR + 1)
+        assert state.claim_message("acme", "<p@x>", "key-2") == "key-2"
+
+    def test_without_ttl_nothing_expires(self):
+        state = MemoryThreadState()
+        state.advance_to(0.0)
+        state.claim_ref("acme", "SUP-1", "tkt_a")
+        state.advance_to(1e12)
+        assert state.ref("acme", "SUP-1") == "tkt_a"
+
+    def test_negative_ttl_is_rejected(self):
+        expected = r"invalid thread index TTL -1.*\[threading\] index_ttl"
+        with pytest.raises(ValueError, match=expected):
+            MemoryThreadState(-1)
+
+    def test_reply_inside_ttl_threads_from_memory(self):
+        outcomes = join_all(self.parent_and_reply("2026-04-30T12:59:00Z"), self.settings())
+        assert [o.kind for o in outcomes] == ["created", "threaded"]
+
+    def test_reply_after_ttl_misses_memory_without_ledger(self):
+        outcomes = join_all(self.parent_and_reply("2026-04-30T14:00:00Z"), self.settings())
+        assert [o.kind for o in outcomes] == ["created", "created"]
+
+    def test_reply_after_ttl_threads_through_ledger(self, tmp_path):
+        from ticketflow.connectors.store import SqliteStore
+
+        store = SqliteStore(tmp_path / "tickets.db")
+        try:
+            copies = self.parent_and_reply("2026-04-30T14:00:00Z")
+            outcomes = join_all(copies, self.settings(), store)
+        finally:
+            store.close()
+        assert [o.kind for o in outcomes] == ["created", "threaded"]
+        assert outcomes[1].method == "in_reply_to"
+        assert outcomes[1].ticket_id == outcomes[0].ticket_id
+
+    def test_ttl_is_at_least_dedupe_window(self):
+        # index_ttl 1 h but a 3 h dedupe window: the index keeps 3 h, as the Redis state does.
+        settings = self.settings(index_ttl=3600.0, dedupe_window=3 * 3600.0)
+        outcomes = join_all(self.parent_and_reply("2026-04-30T14:00:00Z"), settings)
+        assert [o.kind for o in outcomes] == ["created", "threaded"]
+
+    def test_future_received_at_does_not_expire_index(self):
+        parent = make_event("<p@x>", received_at="2026-04-30T12:00:00Z")
+        forged = make_event("<f@x>", received_at="2099-01-01T00:00:00Z", sender="eve@evil.example",
+                            subject="Other")
+        forged["ingested_at"] = "2026-04-30T12:01:00Z"
+        reply = make_event("<r@x>", received_at="2026-04-30T12:02:00Z", in_reply_to="<p@x>")
+        copies = [make_copy(parent), make_copy(forged), make_copy(reply)]
+        outcomes = join_all(copies, self.settings())
+        assert [o.kind for o in outcomes] == ["created", "created", "threaded"]
+
+    def test_state_stays_bounded_over_many_ttls(self):
+        state = MemoryThreadState(self.HOUR)
+        index = ThreadIndex(self.settings(), state=state)
+        start = datetime(2026, 4, 30, tzinfo=UTC)
+        per_ttl = 60  # one thread of two messages per minute of event time
+
+        sizes = []
+        for number in range(10 * per_ttl):
+            at = (start + timedelta(minutes=number)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            parent = make_event(f"<p{number}@x>", received_at=at, subject=f"Export {number}")
+            reply = make_event(f"<r{number}@x>", received_at=at, subject=f"Re: Export {number}",
+                               in_reply_to=f"<p{number}@x>")
+            for copy in (make_copy(parent), make_copy(reply)):
+                key = copy.event["envelope"]["message_id"]
+                assert index.decide(copy, key, allow_open=True) is not None
+            sizes.append(len(state))
+
+        # Each thread writes 9 entries: 2 outcomes, 2 message holders, 2 ids, its
+        # ticket, the ticket's reply token and one subject entry that both messages
+        # share. An entry lives for the TTL inclusive: 61 threads of event time.
+        assert max(sizes) == 9 * (per_ttl + 1)
+        assert sizes[-1] == sizes[2 * per_ttl]
