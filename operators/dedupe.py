@@ -30,15 +30,23 @@ from datetime import datetime
 from typing import Literal
 
 from ticketflow.model import Event
+from ticketflow.operators.html_text import html_text
 
 Verdict = Literal["new", "reread", "duplicate"]
 
 
 def content_hash(event: Event) -> str:
-    """Hash From, Subject and the decoded bodies; equal for two deliveries of one message."""
+    """Hash From, Subject and the body text; equal for two deliveries of one message.
+
+    The body is the text part, or the readable text of the HTML part when there
+    is no text. The HTML itself is left out: attachment governance rewrites it
+    (sanitizing, links to stored files), so it changes with `[attachments]`
+    settings while the message stays the same.
+    """
     envelope = event["envelope"]
+    body = event["text"] if event["text"].strip() else html_text(event["html"])
     digest = hashlib.sha256()
-    for part in (envelope["from"], envelope["subject"], event["text"], event["html"]):
+    for part in (envelope["from"], envelope["subject"], body):
         digest.update(part.encode("utf-8", "surrogatepass"))
         digest.update(b"\x00")
     return digest.hexdigest()[:32]

@@ -62,3 +62,25 @@ def test_mbox_gives_the_same_tickets(sample_run, tmp_path):
         return sorted((t["ticket_id"], t["subject"], len(t["messages"]), t["status"]) for t in tickets)
 
     assert shape(store.tickets()) == shape(folder_store.tickets())
+
+
+def test_storing_attachments_later_keeps_messages_recognized(tmp_path):
+    """Turning on the attachment store rewrites HTML links; the same mail is still a duplicate."""
+    from ticketflow.config import settings_from_mapping
+
+    store = SqliteStore(tmp_path / "t.db")
+    base = load_settings(CORPUS / "sample" / "ticketflow.toml")
+    run_corpus(CORPUS / "sample", base, store)
+    before = store.tickets()
+
+    storing = settings_from_mapping({
+        "routing": {"inbound_domains": list(base.routing.inbound_domains)},
+        "trust": {"authserv_ids": list(base.trust.authserv_ids)},
+        "attachments": {"store": str(tmp_path / "files"), "base_url": "https://files.example.com"},
+    })
+    run_corpus(CORPUS / "sample", storing, store)
+
+    def shape(tickets):
+        return [(t["ticket_id"], [m["message_id"] for m in t["messages"]]) for t in tickets]
+
+    assert shape(store.tickets()) == shape(before)

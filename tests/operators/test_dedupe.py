@@ -79,3 +79,24 @@ def test_late_message_still_catches_its_redelivery():
     window.check("acme", "newer", "/n.eml", T0 + timedelta(days=2))
     assert window.check("acme", "old", "/a.eml", T0) == "new"
     assert window.check("acme", "old", "/b.eml", T0) == "duplicate"
+
+
+def test_content_hash_ignores_how_the_html_was_governed():
+    from tests.factories import make_event
+    from ticketflow.operators.dedupe import content_hash
+
+    event = make_event("<a@x>")
+    event["html"] = '<p>It times out.</p><img src="cid:chart@x">'
+    governed = {**event, "html": '<p>It times out.</p><img src="https://files.example/ab/cd/ef">'}
+    assert content_hash(event) == content_hash(governed)
+
+
+def test_content_hash_of_html_only_mail_reads_its_text():
+    from tests.factories import make_event
+    from ticketflow.operators.dedupe import content_hash
+
+    first = {**make_event("<a@x>", text=""), "html": "<p>Refund <b>twice</b></p>"}
+    same_text = {**first, "html": "<div>Refund twice</div><script>track()</script>"}
+    other_text = {**first, "html": "<p>Refund once</p>"}
+    assert content_hash(first) == content_hash(same_text)
+    assert content_hash(first) != content_hash(other_text)
