@@ -447,10 +447,23 @@ def _duplicate(copy: TenantCopy, key: str) -> Outcome:
 
 
 def _event_time(event: Event) -> datetime:
+    """Return the message's event time for the dedupe window: received_at, at most ingested_at.
+
+    The cap keeps a forged future Date from moving the window ahead and
+    forgetting every delivery seen so far.
+    """
+    received = _utc_time(event["received_at"])
+    ingested = _utc_time(event.get("ingested_at", ""))
+    if received is None:
+        return ingested or datetime.now(UTC)
+    return min(received, ingested) if ingested is not None else received
+
+
+def _utc_time(text: str) -> datetime | None:
     try:
-        return datetime.strptime(event["received_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return datetime.now(UTC)
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return None
 
 
 # -- the store sink ------------------------------------------------------------------

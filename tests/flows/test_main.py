@@ -286,3 +286,15 @@ def test_cpython_email_test_messages_all_accounted(tmp_path):
     summary, _ = run(folder, tmp_path)
     assert summary.read == len(list(folder.iterdir()))
     assert_balanced(summary)
+
+
+def test_event_time_of_dedupe_is_capped_at_ingest_time():
+    from ticketflow.flows.main import _event_time
+    from tests.factories import make_event
+
+    event = make_event("<a@x>", received_at="2099-01-01T00:00:00Z")
+    event["ingested_at"] = "2026-05-01T00:00:00Z"
+    assert _event_time(event).isoformat() == "2026-05-01T00:00:00+00:00"
+
+    event["received_at"] = "2026-04-30T12:00:00Z"
+    assert _event_time(event).isoformat() == "2026-04-30T12:00:00+00:00"
