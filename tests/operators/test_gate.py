@@ -1,12 +1,18 @@
 """Tests for the gate: review reasons, automatic and bulk mail, the auto-reply limit."""
 
 import dataclasses
+import email.message
+import email.utils
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+
 from ticketflow.operators.gate import (
+    _content_type,
+    _report_type,
     AutoReplyLimiter,
     GateDecision,
     automatic_reason,
@@ -595,3 +601,33 @@ def test_gate_total_on_arbitrary_input(
         "dmarc_fail", "spf_dkim_fail", "spam_flag", "spam_score", "bulk"
     }
     assert decision.may_open_ticket is (decision.no_ticket_reason is None)
+
+
+# -- Content-Type read as the stdlib reads it -------------------------------------------
+
+_CONTENT_TYPE_PIECES = st.lists(
+    st.sampled_from([
+        "multipart/report", "Multipart/Report", "text/plain", "message/delivery-status", "x",
+        "a/b/c", ";", " ", "\t", "report-type=", "report-type", "Report-Type", "=",
+        "delivery-status", '"delivery-status"', '"', "'", "\\", "charset=utf-8", "*",
+        "report-type*=utf-8''x", "é", "(comment)",
+    ]),
+    max_size=10,
+).map("".join)
+
+
+def _stdlib_reading(value: str) -> tuple[str, str]:
+    message = email.message.Message()
+    message["Content-Type"] = value
+    report_type = message.get_param("report-type")
+    if isinstance(report_type, tuple):
+        report_type = email.utils.collapse_rfc2231_value(report_type)
+    return message.get_content_type(), (report_type or "").lower()
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(_CONTENT_TYPE_PIECES)
+def test_content_type_reading_matches_the_stdlib(value):
+    media_type, report_type = _stdlib_reading(value)
+    assert _content_type(value) == (media_type if value else "")
+    assert _report_type(value) == report_type
