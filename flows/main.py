@@ -179,6 +179,7 @@ def parse_batch(
             dead += 1
             items.append(item)
         else:
+            metrics.record_attachments(item)
             items.append(stamp_ingest_time(item, record.ingested_at))
     seconds = perf_counter() - started
     metrics.stages["parse"].record(len(records), len(records) - dead, dead, seconds)
@@ -201,6 +202,7 @@ def _traced_parse_batch(
             if isinstance(item, DeadLetter):
                 dead += 1
             elif metrics is not None:
+                metrics.record_attachments(item)
                 item = stamp_ingest_time(item, record.ingested_at)
             items.append(tracer.finish_parse(span, record, item))
     if metrics is not None:

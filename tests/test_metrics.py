@@ -412,3 +412,30 @@ def free_port_pair() -> int:
                 continue
             return port
     raise AssertionError("no two adjacent free ports found")
+
+
+def test_attachment_results_are_counted():
+    from ticketflow.config import Settings
+    from ticketflow.metrics import FlowMetrics
+    from tests.factories import make_event
+
+    metrics = FlowMetrics(Settings().routing)
+    event = make_event("<a@x>")
+    base = {"content_type": "application/pdf", "size": 1, "content_id": None,
+            "disposition": "attachment", "sha256": "", "download_url": None}
+    event["attachments"] = [
+        {**base, "filename": "a.pdf", "refused": None, "quarantined": None},
+        {**base, "filename": "b.exe", "refused": "type_denied:application/x-dosexec", "quarantined": None},
+        {**base, "filename": "c.doc", "refused": None, "quarantined": "Eicar-Test-Signature"},
+        {**base, "filename": "d.pdf"},
+    ]
+
+    metrics.record_attachments(event)
+
+    def value(name, labels):
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("ticketflow_attachments_total", {"result": "accepted"}) == 2
+    assert value("ticketflow_attachments_total", {"result": "refused"}) == 1
+    assert value("ticketflow_attachments_total", {"result": "quarantined"}) == 1
+    assert value("ticketflow_attachments_refused_total", {"reason": "type_denied"}) == 1

@@ -211,6 +211,7 @@ class FlowMetrics:
         self._define_outcome_metrics()
         self._define_store_metrics()
         self._define_sink_metrics()
+        self._define_attachment_metrics()
 
         self.registry.register(KafkaLagCollector())
         ProcessCollector(registry=self.registry)
@@ -306,6 +307,31 @@ class FlowMetrics:
             f"{PREFIX}sink_backlog", "Deliveries waiting in the store for the external ticket system.",
             ["sink"], registry=self.registry,
         )
+
+    def _define_attachment_metrics(self) -> None:
+        self.attachments = Counter(
+            f"{PREFIX}attachments",
+            "Attachments of parsed mail by governance result: accepted, refused, quarantined.",
+            ["result"], registry=self.registry,
+        )
+        self.attachments_refused = Counter(
+            f"{PREFIX}attachments_refused", "Refused attachments by reason (too_large, type_denied, …).",
+            ["reason"], registry=self.registry,
+        )
+        for result in ("accepted", "refused", "quarantined"):
+            self.attachments.labels(result)
+
+    def record_attachments(self, event: Event) -> None:
+        """Count the governance result of each attachment of a parsed event."""
+        for attachment in event["attachments"]:
+            refused = attachment.get("refused")
+            if attachment.get("quarantined"):
+                self.attachments.labels("quarantined").inc()
+            elif refused:
+                self.attachments.labels("refused").inc()
+                self.attachments_refused.labels(refused.partition(":")[0]).inc()
+            else:
+                self.attachments.labels("accepted").inc()
 
     def sink_opened(self, sink: str) -> None:
         """Create the series of a sink at zero, so `rate()` sees its first deliveries."""
