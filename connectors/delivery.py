@@ -203,6 +203,8 @@ class Delivery:
 
     def _send_batch(self) -> int:
         pending = self.store.pending_deliveries(self.sink.name, self._settings.sink.batch_size)
+        if not self._opened_in_bulk(pending):
+            return 0
         sent = 0
         for item in pending:
             try:
@@ -237,6 +239,60 @@ class Delivery:
                 self._unavailable_pause = self._settings.sink.backoff
             sent += 1
         return sent
+
+    def _opened_in_bulk(self, pending: list[Any]) -> bool:
+        """Open the tickets `pending` needs in a few requests, when the sink can batch.
+
+        Returns False when the sink asked for a pause (429, unavailable). The
+        bulk step only saves requests: a ticket it could not open is opened, or
+        rejected with its reason, by the item's own delivery that follows.
+        """
+        if not hasattr(self.sink, "create_tickets") or len(pending) < 2:
+            return True
+        try:
+            self._open_tickets_in_bulk(pending)
+        except RateLimited as exc:
+            self.counts.add("rate_limited")
+            self._paused_until = self._clock() + max(exc.retry_after, MIN_RATE_LIMIT_PAUSE)
+            log.warning("%s; %d deliveries are waiting in the store", exc, len(pending))
+            return False
+        except SinkUnavailable as exc:
+            self.counts.add("unavailable")
+            self._pause_unavailable(exc)
+            return False
+        except Exception:  # noqa: BLE001 - the per-item path below still sends everything
+            log.exception("%s: opening tickets in bulk failed; opening them one by one", self.sink.name)
+        return True
+
+    def _open_tickets_in_bulk(self, pending: list[Any]) -> None:
+        documents: dict[str, dict[str, Any]] = {}
+        for item in pending:
+            if item.message is None or item.ticket_id is None:
+                continue
+            document = self.store.ticket(item.ticket_id)
+            if document is None or self.sink.name in document["external"]:
+                continue
+            documents.setdefault(document["ticket_id"], document)
+        if len(documents) < 2:
+            return
+
+        tickets = {ticket_id: sink_ticket(document, self._settings) for ticket_id, document in documents.items()}
+        found = self.sink.find_tickets(list(tickets.values()))
+        missing = [ticket for ticket in tickets.values() if ticket.external_id not in found]
+        created = dict(zip([t.external_id for t in missing], self.sink.create_tickets(missing) if missing else []))
+        log.info("%s: %d tickets found, %d created in bulk", self.sink.name, len(found),
+                 sum(isinstance(ref, str) for ref in created.values()))
+
+        for ticket_id, ticket in tickets.items():
+            ref = found.get(ticket_id) or created.get(ticket_id)
+            if not isinstance(ref, str):
+                continue
+            document = documents[ticket_id]
+            self.store.record_external(ticket_id, self.sink.name, ref, self.sink.keys_are_human)
+            self._remember(document, ticket.first_message.event_id, _fingerprint(document),
+                           found=ticket_id in found)
+            if ticket_id not in found:
+                self._attach(ref, ticket, ticket.first_message)
 
     def _pause_unavailable(self, exc: SinkUnavailable) -> None:
         pause = max(self._unavailable_pause, 0.001)

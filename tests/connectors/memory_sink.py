@@ -15,6 +15,7 @@ from typing import Any
 
 from ticketflow.connectors.sink import (
     SinkAttachment,
+    SinkRejected,
     SinkMessage,
     SinkTicket,
     SinkUnavailable,
@@ -108,3 +109,40 @@ class MemorySink:
     def summary(self) -> dict[str, Any]:
         """Each external id with its comment texts, to compare two runs."""
         return {t.ticket.external_id: sorted(t.comments) for t in self.tickets.values()}
+
+
+class BatchingMemorySink(MemorySink):
+    """A `MemorySink` that also finds and creates tickets in bulk, like Jira's bulk API.
+
+    `reject_in_bulk` names external ids whose bulk create fails with a 400 of its
+    own; `lose_bulk_answer` makes the next bulk create happen, then raise as if
+    its response never arrived.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.reject_in_bulk: set[str] = set()
+        self._lose_bulk_answer = False
+
+    def lose_bulk_answer(self) -> None:
+        self._lose_bulk_answer = True
+
+    def find_tickets(self, tickets: list[SinkTicket]) -> dict[str, str]:
+        self._enter("find_tickets")
+        found = {ticket.external_id: self.by_external_id(ticket.external_id) for ticket in tickets}
+        return {external_id: entry.ref for external_id, entry in found.items() if entry is not None}
+
+    def create_tickets(self, tickets: list[SinkTicket]) -> list[str | SinkRejected]:
+        self._enter("create_tickets")
+        results: list[str | SinkRejected] = []
+        for ticket in tickets:
+            if ticket.external_id in self.reject_in_bulk:
+                results.append(SinkRejected(self.name, 400, f"{ticket.external_id}: invalid issue type"))
+                continue
+            ref = f"{self._prefix}-{len(self.tickets) + 1}"
+            self.tickets[ref] = MemoryTicket(ref, ticket)
+            results.append(ref)
+        if self._lose_bulk_answer:
+            self._lose_bulk_answer = False
+            raise SinkUnavailable(self.name, "POST /bulk timed out after 10s")
+        return results

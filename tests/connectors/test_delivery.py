@@ -388,3 +388,56 @@ def test_titles_lose_control_and_bidi_characters():
     from ticketflow.connectors.delivery import plain_title
 
     assert plain_title("Invoice \u202eexe.fdp\r\nnext\x00") == "Invoice exe.fdp next"
+
+
+# -- sinks that open tickets in bulk -------------------------------------------------
+
+
+def test_new_tickets_are_opened_in_one_bulk_request(store):
+    from tests.connectors.memory_sink import BatchingMemorySink
+
+    sink = BatchingMemorySink()
+    delivery = Delivery(sink, store, sample_settings())
+    store.write([created(f"<{n}@x>", f"tkt_{n}") for n in range(5)])
+    store.write([threaded("<r@x>", "tkt_0", parent="<0@x>")])
+
+    delivery.deliver_due()
+
+    assert sink.calls.count("create_tickets") == 1
+    assert sink.calls.count("create_ticket") == 0
+    assert len(sink.tickets) == 5
+    assert sink.comment_count() == 1
+    assert store.delivery_counts("memory") == {"done": 6}
+
+
+def test_a_ticket_rejected_in_bulk_is_rejected_on_its_own_with_its_reason(store):
+    from tests.connectors.memory_sink import BatchingMemorySink
+
+    sink = BatchingMemorySink()
+    sink.reject_in_bulk = {"tkt_1"}
+    sink.fail("create_ticket", SinkRejected("memory", 400, "invalid issue type"))
+    delivery = Delivery(sink, store, sample_settings())
+    store.write([created(f"<{n}@x>", f"tkt_{n}") for n in range(3)])
+
+    delivery.deliver_due()
+
+    assert sorted(t.ticket.external_id for t in sink.tickets.values()) == ["tkt_0", "tkt_2"]
+    assert [letter["reason"] for letter in store.dead_letters()] == ["sink_rejected"]
+    assert "invalid issue type" in store.dead_letters()[0]["detail"]
+
+
+def test_bulk_create_whose_response_was_lost_is_found_next_time(store):
+    from tests.connectors.memory_sink import BatchingMemorySink
+
+    sink = BatchingMemorySink()
+    clock = FakeClock()
+    delivery = Delivery(sink, store, sample_settings(), clock=clock, sleep=clock.sleep)
+    sink.lose_bulk_answer()
+    store.write([created(f"<{n}@x>", f"tkt_{n}") for n in range(3)])
+
+    delivery.deliver_due()
+    clock.now += 60
+    delivery.deliver_due()
+
+    assert len(sink.tickets) == 3
+    assert store.delivery_counts("memory") == {"done": 3}
