@@ -84,10 +84,7 @@ def extension_for(media_type: str) -> str:
 
 def safe_filename(name: str, media_type: str, position: int) -> str:
     """Return `name` made safe (see the module docstring); `position` counts from 1."""
-    cleaned = _last_component(unicodedata.normalize("NFC", name))
-    cleaned = "".join(
-        char for char in cleaned if unicodedata.category(char) not in _DROPPED_CATEGORIES
-    )
+    cleaned = _without_dropped_characters(_last_component(unicodedata.normalize("NFC", name)))
     cleaned = _WINDOWS_FORBIDDEN.sub("_", cleaned)
     cleaned = _WHITESPACE_RUN.sub(" ", cleaned).strip(". ")
     if not cleaned:
@@ -95,6 +92,18 @@ def safe_filename(name: str, media_type: str, position: int) -> str:
     if _is_windows_device(cleaned):
         cleaned = "_" + cleaned
     return _bounded(cleaned)
+
+
+def _without_dropped_characters(name: str) -> str:
+    # str.isprintable is False for every character of the Other and Separator
+    # categories but the space, so a printable name has nothing to drop.
+    if name.isprintable():
+        return name
+    return _without_dropped_characters_one_by_one(name)
+
+
+def _without_dropped_characters_one_by_one(name: str) -> str:
+    return "".join(char for char in name if unicodedata.category(char) not in _DROPPED_CATEGORIES)
 
 
 def _last_component(name: str) -> str:

@@ -163,6 +163,8 @@ class AttachmentGovernor:
         self, files: Sequence[tuple[Attachment, bytes]], html: str, defects: DefectLog
     ) -> GovernedBodies:
         """Govern a parsed message's attachments (entry and bytes each) and its HTML body."""
+        if not files:
+            return GovernedBodies([], self._govern_html(html, []))
         if self.settings.unpack_tnef:
             files = self._unpack_tnef(files, defects)
         budget = _MessageBudget(self.settings.max_message_bytes)

@@ -22,10 +22,32 @@ from ticketflow.operators.mime_words import decode_encoded_words
 MAX_PARAMETER_TEXT = 64 * 1024
 
 _PERCENT_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_WHITESPACE = re.compile(r"\s+")
+_ANGLE_BRACKETED = re.compile(r"<([^<>]+)>")
+_BRACKETS_AND_SPACES = re.compile(r"[<>\s]+")
 _SECTION_NAME = re.compile(r"^([^*]+)\*(\d+)(\*?)$")
 # Parameters that carry display text, where mail clients put encoded words.
 _TEXT_PARAMETERS = frozenset({"name", "filename"})
 _MEDIA_TYPE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+$")
+# One piece of a parameter list: characters other than quotes and semicolons, and
+# quoted strings with backslash escapes. A quoted string left open runs to the end
+# of the text, semicolons included. The alternatives start with different
+# characters, so a match does not backtrack, and it always succeeds (maybe empty).
+_TOP_LEVEL_PIECE = re.compile(r'(?:[^";]+|"(?:[^"\\]+|\\.)*(?:"|\\?\Z))*', re.DOTALL)
+# A parameter of the common form: `; name=token` or `; name="text"`, with spaces
+# or tabs around the parts. Names have no "*" (no RFC 2231 sections), quoted text
+# has no backslash or quote, and a token is printable ASCII other than a quote,
+# semicolon or backslash. Each part can match in one way only, so a failed match
+# ends without backtracking.
+_SIMPLE_PARAMETER = (
+    r";[ \t]*([!#$%&'+.^_`|~0-9A-Za-z-]+)[ \t]*=[ \t]*"
+    r'(?:"([^"\\]*)"|([!#-:<-\[\]-~]*))[ \t]*'
+)
+_SIMPLE_PARAMETERS = re.compile(_SIMPLE_PARAMETER)
+# A whole header value of the common form: a main value with no quote,
+# semicolon or backslash, then only simple parameters.
+_SIMPLE_CONTENT_HEADER = re.compile(r'([^;"\\]*)((?:' + _SIMPLE_PARAMETER + r")*)")
 
 
 @dataclass(frozen=True)
@@ -37,9 +59,25 @@ class ContentHeader:
 
 
 def _split_top_level(text: str) -> list[str]:
-    """Split on semicolons outside quoted strings; backslash escapes inside quotes."""
+    """Split on semicolons outside quoted strings; backslash escapes inside quotes.
+
+    Returns what `_split_top_level_by_character` returns, with one regex match per piece.
+    """
     if '"' not in text:
         return text.split(";")
+    pieces: list[str] = []
+    end = len(text)
+    position = 0
+    while True:
+        piece_end = _TOP_LEVEL_PIECE.match(text, position).end()  # type: ignore[union-attr]
+        pieces.append(text[position:piece_end])
+        if piece_end == end:
+            return pieces
+        position = piece_end + 1  # the piece stopped at a semicolon outside quotes
+
+
+def _split_top_level_by_character(text: str) -> list[str]:
+    """Split like `_split_top_level`, one character at a time; the reference for its tests."""
     pieces: list[str] = []
     current: list[str] = []
     quoted = False
@@ -67,7 +105,7 @@ def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == '"':
         inner = value[1:-1] if value.endswith('"') else value[1:]
-        return re.sub(r"\\(.)", r"\1", inner)
+        return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
     return value
 
 
@@ -122,7 +160,8 @@ def parse_params(pieces: list[str], defects: DefectLog, where: str) -> dict[str,
                 defects.add("parameter_invalid", f"{where}: parameter without a value ignored")
             continue
         value = _unquote(raw_value)
-        section = _SECTION_NAME.match(name)
+        # Section names contain "*", so most names skip the regex.
+        section = _SECTION_NAME.match(name) if "*" in name else None
         if section:
             base, number, star = section.group(1), int(section.group(2)), section.group(3)
             sectioned.setdefault(base, {})[number] = (value, bool(star))
@@ -140,9 +179,38 @@ def parse_params(pieces: list[str], defects: DefectLog, where: str) -> dict[str,
 
 def parse_content_header(text: str, defects: DefectLog, where: str) -> ContentHeader:
     """Parse `value; name=value; ...` (Content-Type, Content-Disposition); never raises."""
-    pieces = _split_top_level(text[:MAX_PARAMETER_TEXT])
+    text = text[:MAX_PARAMETER_TEXT]
+    simple = _SIMPLE_CONTENT_HEADER.fullmatch(text)
+    if simple is not None:
+        value, parameters = simple.group(1, 2)
+        return ContentHeader(value.strip().lower(), _simple_params(parameters, defects, where))
+    return _parse_content_header_in_pieces(text, defects, where)
+
+
+def _parse_content_header_in_pieces(text: str, defects: DefectLog, where: str) -> ContentHeader:
+    """Parse any header value by splitting it into pieces (used for values of uncommon form)."""
+    pieces = _split_top_level(text)
     value = pieces[0].strip().lower()
     return ContentHeader(value, parse_params(pieces[1:], defects, where))
+
+
+def _simple_params(text: str, defects: DefectLog, where: str) -> dict[str, str]:
+    """Decode parameters of the common form (`_SIMPLE_PARAMETER`) as `parse_params` does.
+
+    The first of several parameters with one name counts, and only the text
+    parameters (name, filename) are searched for encoded words.
+    """
+    params: dict[str, str] = {}
+    for found in _SIMPLE_PARAMETERS.finditer(text):
+        name, quoted, token = found.groups()
+        name = name.lower()
+        if name in params:
+            continue
+        value = token if quoted is None else quoted
+        params[name] = (
+            decode_encoded_words(value, defects, where) if name in _TEXT_PARAMETERS else value
+        )
+    return params
 
 
 def parse_content_type(text: str | None, defects: DefectLog, where: str) -> ContentHeader:
@@ -150,7 +218,9 @@ def parse_content_type(text: str | None, defects: DefectLog, where: str) -> Cont
     if text is None or not text.strip():
         return ContentHeader("text/plain", {})
     header = parse_content_header(text, defects, where)
-    media_type = re.sub(r"\s+", "", header.value)
+    if _MEDIA_TYPE.match(header.value):
+        return header  # a valid media type has no whitespace to remove
+    media_type = _WHITESPACE.sub("", header.value)
     if not _MEDIA_TYPE.match(media_type):
         defects.add(
             "content_type_invalid", f"{where}: media type {header.value[:60]!r} read as text/plain"
@@ -163,7 +233,7 @@ def normalize_content_id(text: str | None) -> str | None:
     """Return a Content-ID without angle brackets or whitespace (RFC 2392 `cid:` form), or None."""
     if text is None:
         return None
-    found = re.search(r"<([^<>]+)>", text)
+    found = _ANGLE_BRACKETED.search(text)
     inner = found.group(1) if found else text
-    inner = re.sub(r"[<>\s]+", "", inner)
+    inner = _BRACKETS_AND_SPACES.sub("", inner)
     return inner or None

@@ -44,6 +44,7 @@ MAX_NESTING = 50
 MAX_PARTS = 1000
 
 _BODY_TYPES = ("text/plain", "text/html")
+_BARE_TRANSFER_ENCODING = re.compile(r"[a-z0-9-]+")
 # Media types of an embedded message whose own bodies can stand in for the main ones.
 EMBEDDED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
@@ -63,7 +64,15 @@ class PartHeaders:
 
     def transfer_encoding(self) -> str:
         """Return the normalized Content-Transfer-Encoding token ("" when absent)."""
-        return normalize_transfer_encoding(self.content_transfer_encoding)
+        value = self.content_transfer_encoding
+        if not value:
+            return ""
+        # A bare token ("base64", " 7bit ") has no comment, quotes or second word,
+        # so the normalization would only strip and lowercase it.
+        token = value.strip().lower()
+        if _BARE_TRANSFER_ENCODING.fullmatch(token):
+            return token
+        return normalize_transfer_encoding(value)
 
 
 @dataclass(frozen=True)

@@ -205,8 +205,8 @@ def _aware(moment: datetime) -> datetime:
 
 def _with_line_feeds(raw: bytes, defects: DefectLog) -> bytes:
     """Turn bare CR line endings (old Mac mailers) into CRLF, so header lines split."""
-    head = raw[:65536]
-    if b"\n" in head or b"\r" not in head:
+    # `find` with an end searches the first 64 KiB without copying them.
+    if raw.find(b"\n", 0, 65536) != -1 or raw.find(b"\r", 0, 65536) == -1:
         return raw
     defects.add("bare_cr_line_endings", "lines end in CR alone; read as CRLF")
     return raw.replace(b"\r", b"\r\n")
@@ -224,16 +224,16 @@ def _parse_message(
 ) -> Event:
     """Parse with a chosen MIME walk; "fast" raises `FastPathRejected` instead of falling back."""
     raw = bytes(raw)
-    if not raw.strip():
+    if not raw or raw.isspace():  # the test of `not raw.strip()`, without copying the message
         raise UnparseableMessage("empty", f"{len(raw)} bytes and no header")
     defects = DefectLog()
     raw = _with_line_feeds(raw, defects)
     section = split_header_section(raw, defects)
+    start = header_start(raw)
     if not section.fields:
-        first_line = raw[header_start(raw) :].split(b"\n", 1)[0][:60]
+        first_line = raw[start:].split(b"\n", 1)[0][:60]
         raise UnparseableMessage("not_email", f"first line is not a header field: {first_line!r}")
 
-    start = header_start(raw)
     parts = _walk_mime(raw[start:] if start else raw, section, defects, path)
     bodies = assemble_bodies(parts, defects, governor)
     ingested = _aware(ingested_at)

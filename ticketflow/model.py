@@ -113,4 +113,8 @@ def utc_now() -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 UTC with a `Z`, to the second."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:
+        # What %Y writes for these years depends on the C library (glibc: no leading zeros).
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.isoformat(timespec="seconds")[:19] + "Z"
