@@ -34,6 +34,14 @@ What an issue holds:
 - the label `ticketflow-review` while the ticket is held for review;
 - the sender's address in the custom field `[sink.jira] reporter_field`, when set.
 
+Batches: `find_tickets` searches for up to 50 external ids with one JQL query
+(`labels in (...)`, or one `~` condition per id joined by OR for the custom
+field) and reads every page. `create_tickets` sends up to 50 issues per
+`POST /rest/api/2/issue/bulk` and pairs Jira's created issues and element
+errors with the tickets. A bulk request is never sent twice: when it fails as
+a whole with 429, a timeout or a 5xx, the call raises and the caller searches
+before it tries again.
+
 Limitations:
 
 - Jira's search index can lag behind writes, so a create that timed out and
@@ -44,13 +52,20 @@ Limitations:
   file name and size; two different files that share both are uploaded once.
 - `update_ticket` rewrites the description when the review status, the
   reasons or the sender block changed, so edits made to it in Jira are lost.
+- A bulk create of 50 issues must answer within `[sink] timeout`, like a single
+  create, so a slow Jira may time out on it and the caller falls back on a
+  search and a second bulk request.
+- `create_tickets` trusts Jira to list the created issues in request order, as
+  Jira does and the jira package assumes; only the counts are checked.
 - Only basic authentication (user and API token or password) is supported,
   not bearer personal access tokens of Jira Data Center.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import logging
 import os
 import random
@@ -94,6 +109,13 @@ MAX_TEXT_UNITS = 32_767
 COMMENT_PAGE_SIZE = 100
 # Issues read per search; more than one only when an earlier bug made duplicates.
 SEARCH_PAGE_SIZE = 10
+# Jira's bulk create takes at most 50 issues per request.
+BULK_CREATE_SIZE = 50
+# External ids per `find_tickets` query: 50 labels of about 40 characters keep
+# the JQL near 2,000 characters, well inside a URL.
+FIND_CHUNK_SIZE = 50
+# Issues asked for per page of a `find_tickets` query; Jira may return fewer.
+FIND_PAGE_SIZE = 100
 # Characters that start wiki links, images, macros and tables.
 _WIKI_SPECIAL = re.compile(r"([\[\]{}|!])")
 _NOFORMAT_TAG = re.compile(r"\{noformat", re.IGNORECASE)
@@ -168,6 +190,44 @@ class JiraSink:
         )
         log.info("jira created %s for %s", key, ticket.external_id)
         return key
+
+    def find_tickets(self, tickets: list[SinkTicket]) -> dict[str, str]:
+        """Return {external id: issue key} for the tickets that already have an issue.
+
+        One JQL query covers up to `FIND_CHUNK_SIZE` ids and is read page by
+        page. Only an exact label or field value counts, so `tkt_1` never finds
+        the issue of `tkt_10`. When several issues hold one id, the oldest wins.
+        """
+        external_ids = list(dict.fromkeys(ticket.external_id for ticket in tickets))
+        keys: dict[str, str] = {}
+        for chunk in _chunks(external_ids, FIND_CHUNK_SIZE):
+            keys.update(self._search_keys(chunk))
+        log.info("jira search for %d tickets found %d issues", len(external_ids), len(keys))
+        return keys
+
+    def create_tickets(self, tickets: list[SinkTicket]) -> list[str | SinkRejected]:
+        """Create the issues with Jira's bulk create, `BULK_CREATE_SIZE` per request.
+
+        Returns one result per ticket, in order: the issue key, or the
+        `SinkRejected` that carries Jira's error for that ticket alone. A
+        request Jira rejects as a whole (a 4xx other than 429) rejects each of
+        its tickets with the same error text. A 429 raises `RateLimited`, and a
+        timeout, connection error or 5xx raises `SinkUnavailable` at once,
+        without a retry. The results of earlier requests of the same call are
+        then lost, and some issues may exist, so the caller runs
+        `find_tickets` before it tries again.
+        """
+        results: list[str | SinkRejected] = []
+        for chunk in _chunks(tickets, BULK_CREATE_SIZE):
+            results.extend(self._create_chunk(chunk))
+        created = sum(isinstance(result, str) for result in results)
+        log.info(
+            "jira bulk create of %d tickets: %d created, %d rejected",
+            len(tickets),
+            created,
+            len(tickets) - created,
+        )
+        return results
 
     def add_comment(self, ref: str, ticket: SinkTicket, message: SinkMessage, verify: bool) -> None:
         """Add `message` as a comment of `ref`; with `verify`, skip it when its marker is there."""
@@ -331,16 +391,82 @@ class JiraSink:
                 return str(issue["key"])
         return None
 
-    def _search(self, jql: str, fields: list[str]) -> dict[str, Any]:
+    def _search_keys(self, external_ids: list[str]) -> dict[str, str]:
+        """Search once for all `external_ids` and return the key of each one's oldest issue."""
+        field = self._jira_settings.external_id_field
+        if field:
+            # Text fields take no `in`, so each id gets its own phrase condition.
+            jql = " OR ".join(
+                f"{_jql_field(field)} ~ {_jql_string(_jql_string(external_id))}"
+                for external_id in external_ids
+            )
+            ids_by_value = {external_id: external_id for external_id in external_ids}
+        else:
+            labels = ", ".join(
+                _jql_string(external_id_label(external_id)) for external_id in external_ids
+            )
+            jql = f"labels in ({labels})"
+            ids_by_value = {
+                external_id_label(external_id): external_id for external_id in external_ids
+            }
+
+        keys: dict[str, str] = {}
+        for issue in self._search_all(f"{jql} ORDER BY created ASC", [field or "labels"]):
+            stored = (issue.get("fields") or {}).get(field or "labels")
+            for value in stored if isinstance(stored, list) else [stored]:
+                external_id = ids_by_value.get(value.strip() if isinstance(value, str) else "")
+                if external_id is not None:
+                    keys.setdefault(external_id, str(issue["key"]))
+        return keys
+
+    def _search_all(self, jql: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Read every page of a search; each page is retried on its own."""
+        operation = f"search for {jql[:80]}…" if len(jql) > 80 else f"search for {jql}"
+        issues: list[dict[str, Any]] = []
+        start = 0
+        token: str | None = None
+        while True:
+            page = self._call(
+                operation,
+                functools.partial(
+                    self._search, jql, fields, size=FIND_PAGE_SIZE, start=start, token=token
+                ),
+            )
+            found = page.get("issues") or []
+            issues.extend(found)
+            start += len(found)
+            if self._client._is_cloud:
+                # Jira Cloud's /search/jql pages by token and reports no total.
+                token = page.get("nextPageToken")
+                if not found or not token or page.get("isLast") is True:
+                    return issues
+            elif not found or start >= int(page.get("total") or 0):
+                return issues
+
+    def _search(
+        self,
+        jql: str,
+        fields: list[str],
+        *,
+        size: int = SEARCH_PAGE_SIZE,
+        start: int = 0,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """Run one page of a search: from `start` on Jira Server, after `token` on Jira Cloud."""
         if not self._deployment_known:
             # The jira package (3.10.5) sends Jira Cloud searches to /search/jql, which replaces
             # the deprecated /search there, and tells Cloud by serverInfo's deploymentType.
             info = self._client.server_info()
             self._client.deploymentType = info.get("deploymentType")
             self._deployment_known = True
-        answer = self._client.search_issues(
-            jql, maxResults=SEARCH_PAGE_SIZE, fields=list(fields), json_result=True
-        )
+        if token:
+            answer = self._client.enhanced_search_issues(
+                jql, nextPageToken=token, maxResults=size, fields=list(fields), json_result=True
+            )
+        else:
+            answer = self._client.search_issues(
+                jql, startAt=start, maxResults=size, fields=list(fields), json_result=True
+            )
         return answer if isinstance(answer, dict) else {}
 
     def _has_comment(self, ref: str, marker: str) -> bool:
@@ -424,6 +550,105 @@ class JiraSink:
                 exc.answer,
             )
             return False
+
+    # Bulk create.
+
+    def _create_chunk(self, tickets: list[SinkTicket]) -> list[str | SinkRejected]:
+        """Create up to `BULK_CREATE_SIZE` issues in one request, which is never sent twice."""
+        operation = (
+            f"bulk create of {len(tickets)} issues "
+            f"for {tickets[0].external_id} to {tickets[-1].external_id}"
+        )
+        body = {"issueUpdates": [{"fields": self._issue_fields(ticket)} for ticket in tickets]}
+
+        answer: Any = None
+        error: SinkError | None = None
+        try:
+            # The jira package's create_issues keeps only part of Jira's element
+            # errors and misreads a request rejected as a whole, so the sink posts
+            # through the package's session, which has the same auth and timeout.
+            response = self._client._session.post(
+                self._client._get_url("issue/bulk"), data=json.dumps(body)
+            )
+            answer = response.json()
+        except JIRAError as exc:
+            # Jira returns 400 with the usual bulk body when every issue failed.
+            answer = _json_answer(exc.response) if exc.status_code == 400 else None
+            if not _is_bulk_answer(answer):
+                error = self._sink_error(operation, exc)
+        except requests.RequestException as exc:
+            # This includes a 2xx response that is not JSON, so which issues exist is unknown.
+            error = self._sink_error(operation, exc)
+        # Raised here, outside the except blocks, so the JIRAError is not chained.
+        if isinstance(error, SinkRejected):
+            log.warning("%s; rejecting all %d tickets of the request", error, len(tickets))
+            return [error for _ in tickets]
+        if error is not None:
+            raise error
+        return self._bulk_results(operation, tickets, answer)
+
+    def _bulk_results(
+        self, operation: str, tickets: list[SinkTicket], answer: Any
+    ) -> list[str | SinkRejected]:
+        """Pair Jira's created issues and element errors with the tickets, in request order."""
+        if not _is_bulk_answer(answer):
+            raise SinkUnavailable(
+                self.name, f"{operation} returned an answer without 'issues' and 'errors' lists"
+            )
+        failures: dict[int, dict[str, Any]] = {
+            error["failedElementNumber"]: error
+            for error in answer["errors"]
+            if isinstance(error, dict) and isinstance(error.get("failedElementNumber"), int)
+        }
+        created = [
+            issue for issue in answer["issues"] if isinstance(issue, dict) and "key" in issue
+        ]
+        failed_numbers = failures.keys() & set(range(len(tickets)))
+        if len(created) + len(failed_numbers) != len(tickets):
+            # Without a count that adds up, no key can be given to a ticket safely.
+            raise SinkUnavailable(
+                self.name,
+                f"{operation} returned {len(created)} issues and {len(failed_numbers)} errors "
+                f"for {len(tickets)} tickets; search for them before trying again",
+            )
+
+        transient = sorted(
+            number
+            for number in failed_numbers
+            if not _is_client_error(failures[number].get("status"))
+        )
+        if transient:
+            # A rejection would dead-letter a ticket that a later try may create.
+            raise SinkUnavailable(
+                self.name,
+                f"{operation} failed for elements {transient} with a status that is not a "
+                "client error; search for the tickets before trying again",
+            )
+
+        results: list[str | SinkRejected] = []
+        issues = iter(created)
+        for number, ticket in enumerate(tickets):
+            failure = failures.get(number)
+            if failure is None:
+                results.append(str(next(issues)["key"]))
+                continue
+            results.append(self._element_rejection(ticket, number, failure))
+        return results
+
+    def _element_rejection(
+        self, ticket: SinkTicket, number: int, failure: dict[str, Any]
+    ) -> SinkRejected:
+        """Build the rejection of one bulk element from its `status` and `elementErrors`."""
+        status = failure.get("status")
+        texts = error_texts(failure.get("elementErrors")) or ["no details given"]
+        rejection = SinkRejected(
+            self.name,
+            status if isinstance(status, int) else 400,
+            f"create issue for {ticket.external_id} (bulk element {number}): "
+            f"{_shorten('; '.join(texts))}",
+        )
+        log.warning("jira rejected a bulk element: %s", rejection)
+        return rejection
 
     # Retries and errors.
 
@@ -557,25 +782,60 @@ def external_id_label(external_id: str) -> str:
 def jira_answer(exc: JIRAError) -> str:
     """Return Jira's error texts: `errorMessages`, then `errors` as "field: text", shortened."""
     response = exc.response
-    texts: list[str] = []
-    body: Any = None
-    if response is not None:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-    if isinstance(body, dict):
-        messages = body.get("errorMessages")
-        if isinstance(messages, list):
-            texts.extend(str(text) for text in messages)
-        errors = body.get("errors")
-        if isinstance(errors, dict):
-            texts.extend(f"{field}: {text}" for field, text in errors.items())
+    texts = error_texts(_json_answer(response))
     if not texts:
         texts.append(
             exc.text or (response.text if response is not None else "") or "no details given"
         )
     return _shorten("; ".join(texts))
+
+
+def error_texts(body: Any) -> list[str]:
+    """Return the texts of a Jira error body: `errorMessages`, then `errors` as "field: text".
+
+    >>> error_texts({"errorMessages": ["No access."], "errors": {"project": "Unknown."}})
+    ['No access.', 'project: Unknown.']
+    """
+    if not isinstance(body, dict):
+        return []
+    texts: list[str] = []
+    messages = body.get("errorMessages")
+    if isinstance(messages, list):
+        texts.extend(str(text) for text in messages)
+    errors = body.get("errors")
+    if isinstance(errors, dict):
+        texts.extend(f"{field}: {text}" for field, text in errors.items())
+    return texts
+
+
+def _json_answer(response: requests.Response | None) -> Any:
+    """Return the response's JSON body, or None when there is none."""
+    if response is None:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _is_bulk_answer(answer: Any) -> bool:
+    """Tell whether `answer` has the shape of a bulk create answer: `issues` and `errors` lists."""
+    return (
+        isinstance(answer, dict)
+        and isinstance(answer.get("issues"), list)
+        and isinstance(answer.get("errors"), list)
+    )
+
+
+def _is_client_error(status: Any) -> bool:
+    """Tell whether a bulk element's status is a permanent 4xx; a missing status counts as 400."""
+    if status is None:
+        return True
+    return isinstance(status, int) and 400 <= status < 500 and status != 429
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _with_text(text: str, footer: str) -> str:

@@ -25,18 +25,30 @@ Faults (429 with Retry-After, 5xx, …) are queued with `fail_next`. `stall_next
 makes the next matching requests take effect and then answer only after a delay,
 like a Jira whose answer arrives after the client gave up.
 
-Endpoints: serverInfo, field, issue (create, read, edit), issue comments (list
-in pages of at most `comment_page_limit`, add), issue attachments (multipart
-upload), issueLinkType, issueLink, and search: `GET /search` for
-`deployment="Server"`, `GET /search/jql` for `deployment="Cloud"`. There
-`/search` returns 410 Gone, so a client that uses the endpoint Jira Cloud
-deprecated fails.
+Endpoints: serverInfo, field, issue (create, read, edit), bulk create
+(`POST /issue/bulk`), issue comments (list in pages of at most
+`comment_page_limit`, add), issue attachments (multipart upload),
+issueLinkType, issueLink, and search: `GET /search` for `deployment="Server"`,
+`GET /search/jql` for `deployment="Cloud"`. There `/search` returns 410 Gone,
+so a client that uses the endpoint Jira Cloud deprecated fails.
 
-The JQL subset: `labels = "X"` and `cf[N] ~ "X"` (or `customfield_N ~ "X"`),
-optionally followed by `ORDER BY created ASC|DESC`. Without ORDER BY this mock
-lists the newest issue first. Custom fields are text fields, so `=` on them
-is a 400, as in Jira; `~` matches when the field contains the text, ignoring
-case, a simplification of Jira's word search.
+Bulk create takes `{"issueUpdates": [{"fields": {...}}, ...]}` with at most
+`MAX_BULK_ISSUES` elements (else 400) and checks each element as a single
+create does. It answers `{"issues": [{"id", "key", "self"}, ...], "errors":
+[{"status", "elementErrors", "failedElementNumber"}, ...]}`: 201 when at least
+one issue was made, 400 when none was.
+
+Searches return at most `search_page_limit` issues per page, whatever
+`maxResults` asks for. `/search` pages by `startAt` and reports `total`;
+`/search/jql` pages by `nextPageToken` and reports `isLast`.
+
+The JQL subset: conditions joined by OR, optionally followed by
+`ORDER BY created ASC|DESC`. A condition is `labels = "X"`,
+`labels in ("X", "Y", ...)`, or `cf[N] ~ "X"` (or `customfield_N ~ "X"`).
+Without ORDER BY this mock lists the newest issue first. Labels match exactly.
+Custom fields are text fields, so `=` and `in` on them are a 400, as in Jira;
+`~` matches when the field contains the text, ignoring case, a simplification
+of Jira's word search.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ import itertools
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,17 +68,21 @@ API = "/rest/api/2"
 KEY_OR_ID = r"(?P<issue>[A-Za-z0-9_-]+)"
 MAX_SUMMARY = 255
 MAX_TEXT = 32_767
+MAX_BULK_ISSUES = 50
 DEFAULT_LINK_TYPES = (
     ("Duplicate", "is duplicated by", "duplicates"),
     ("Relates", "relates to", "relates to"),
     ("Blocks", "is blocked by", "blocks"),
 )
-_JQL = re.compile(
-    r"\s*(?P<field>labels|cf\[\d+\]|customfield_\d+)\s*(?P<op>=|~)\s*"
-    r'"(?P<value>(?:[^"\\]|\\.)*)"'
-    r"(?:\s+ORDER\s+BY\s+created\s+(?P<order>ASC|DESC))?\s*",
+_JQL_STRING = r'"(?:[^"\\]|\\.)*"'
+_JQL_CONDITION = re.compile(
+    r"\s*(?P<field>labels|cf\[\d+\]|customfield_\d+)\s*"
+    rf"(?:(?P<op>=|~)\s*(?P<value>{_JQL_STRING})"
+    rf"|(?P<in>in)\s*\((?P<values>\s*{_JQL_STRING}(?:\s*,\s*{_JQL_STRING})*)\s*\))\s*",
     re.IGNORECASE,
 )
+_JQL_OR = re.compile(r"OR\b", re.IGNORECASE)
+_JQL_ORDER = re.compile(r"\s+ORDER\s+BY\s+created\s+(?P<order>ASC|DESC)\s*$", re.IGNORECASE)
 
 
 @dataclass
@@ -120,6 +137,7 @@ class JiraApi(ApiServer):
         self.link_types = link_types
         self.deployment = deployment
         self.comment_page_limit = 50
+        self.search_page_limit = 100
         self.issues: dict[str, JiraIssue] = {}
         self.links: list[dict[str, str]] = []
         self._ids = itertools.count(10001)
@@ -165,6 +183,7 @@ class JiraApi(ApiServer):
         for method, pattern, handler in (
             ("GET", f"{API}/field", self._fields),
             ("POST", f"{API}/issue", self._create_issue),
+            ("POST", f"{API}/issue/bulk", self._create_issues),
             ("GET", f"{API}/issue/{KEY_OR_ID}", self._read_issue),
             ("PUT", f"{API}/issue/{KEY_OR_ID}", self._edit_issue),
             ("GET", f"{API}/issue/{KEY_OR_ID}/comment", self._list_comments),
@@ -233,7 +252,40 @@ class JiraApi(ApiServer):
         return ApiAnswer(200, answer)
 
     def _create_issue(self, request: ApiRequest) -> ApiAnswer:
-        fields = _json_object(request).get("fields")
+        return self._new_issue(_json_object(request).get("fields"))
+
+    def _create_issues(self, request: ApiRequest) -> ApiAnswer:
+        updates = _json_object(request).get("issueUpdates")
+        if not isinstance(updates, list) or not updates:
+            return ApiAnswer(400, _errors("The request has no 'issueUpdates' list."))
+        if len(updates) > MAX_BULK_ISSUES:
+            return ApiAnswer(
+                400,
+                _errors(
+                    f"A bulk create takes at most {MAX_BULK_ISSUES} issues; "
+                    f"the request has {len(updates)}."
+                ),
+            )
+
+        issues = []
+        errors = []
+        for number, update in enumerate(updates):
+            fields = update.get("fields") if isinstance(update, dict) else None
+            answer = self._new_issue(fields)
+            if answer.status == 201:
+                issues.append(answer.body)
+            else:
+                errors.append(
+                    {
+                        "status": answer.status,
+                        "elementErrors": answer.body,
+                        "failedElementNumber": number,
+                    }
+                )
+        return ApiAnswer(201 if issues else 400, {"issues": issues, "errors": errors})
+
+    def _new_issue(self, fields: Any) -> ApiAnswer:
+        """Create one issue: 201 with its id, key and self, or 400 with Jira's errors."""
         if not isinstance(fields, dict):
             return ApiAnswer(400, _errors("The request has no 'fields' object."))
         problems = self._field_problems(fields, creating=True)
@@ -372,7 +424,7 @@ class JiraApi(ApiServer):
         if isinstance(found, ApiAnswer):
             return found
         start = int(_first(request, "startAt") or 0)
-        size = int(_first(request, "maxResults") or 50)
+        size = min(int(_first(request, "maxResults") or 50), self.search_page_limit)
         fields = _requested_fields(request)
         return ApiAnswer(
             200,
@@ -396,53 +448,77 @@ class JiraApi(ApiServer):
         found = self._run_jql(request)
         if isinstance(found, ApiAnswer):
             return found
-        size = int(_first(request, "maxResults") or 50)
+        token = _first(request, "nextPageToken")
+        start = _page_start(token) if token else 0
+        if start is None:
+            return ApiAnswer(400, _errors(f"The nextPageToken {token!r} is not valid."))
+        size = min(int(_first(request, "maxResults") or 50), self.search_page_limit)
         fields = _requested_fields(request)
-        return ApiAnswer(
-            200,
-            {
-                "issues": [self._issue_json(issue, fields) for issue in found[:size]],
-                "isLast": len(found) <= size,
-            },
-        )
+        end = start + size
+        answer: dict[str, Any] = {
+            "issues": [self._issue_json(issue, fields) for issue in found[start:end]],
+            "isLast": len(found) <= end,
+        }
+        if end < len(found):
+            answer["nextPageToken"] = _page_token(end)
+        return ApiAnswer(200, answer)
 
     # Helpers.
 
     def _run_jql(self, request: ApiRequest) -> list[JiraIssue] | ApiAnswer:
         jql = _first(request, "jql") or ""
-        parsed = _JQL.fullmatch(jql)
+        parsed = _parse_jql(jql)
         if parsed is None:
             return ApiAnswer(
                 400, _errors(f"Error in the JQL query: this mock does not understand {jql!r}.")
             )
-        field_name = parsed["field"].lower()
-        value = re.sub(r"\\(.)", r"\1", parsed["value"])
+        conditions, order = parsed
+        matchers = []
+        for condition in conditions:
+            matcher = self._condition_matcher(condition)
+            if isinstance(matcher, ApiAnswer):
+                return matcher
+            matchers.append(matcher)
+
+        found = [
+            issue for issue in self.issues.values() if any(match(issue) for match in matchers)
+        ]
+        found.sort(key=lambda issue: int(issue.id), reverse=order.upper() == "DESC")
+        return found
+
+    def _condition_matcher(
+        self, condition: re.Match[str]
+    ) -> Callable[[JiraIssue], bool] | ApiAnswer:
+        """Return a test of one JQL condition on an issue, or the 400 Jira gives for it."""
+        name = condition["field"]
+        field_name = name.lower()
         if field_name != "labels":
             number = re.sub(r"\D", "", field_name)
             field_name = f"customfield_{number}"
             if field_name not in self.custom_fields:
-                return ApiAnswer(400, _errors(f"Field '{parsed['field']}' does not exist."))
-        if field_name == "labels" and parsed["op"] != "=":
-            return ApiAnswer(
-                400, _errors("The operator '~' is not supported by the 'labels' field.")
-            )
-        if field_name != "labels" and parsed["op"] != "~":
-            return ApiAnswer(
-                400, _errors(f"The operator '=' is not supported by the '{parsed['field']}' field.")
-            )
+                return ApiAnswer(400, _errors(f"Field '{name}' does not exist."))
+        operator = "in" if condition["in"] else condition["op"]
 
-        phrase = value.strip('"').lower()
-        found = []
-        for issue in self.issues.values():
+        if field_name == "labels":
+            if operator == "~":
+                return ApiAnswer(
+                    400, _errors("The operator '~' is not supported by the 'labels' field.")
+                )
+            literals = re.findall(_JQL_STRING, condition["values"] or condition["value"])
+            expected_labels = {_jql_value(literal) for literal in literals}
+            return lambda issue: not expected_labels.isdisjoint(issue.fields.get("labels") or [])
+
+        if operator != "~":
+            return ApiAnswer(
+                400, _errors(f"The operator '{operator}' is not supported by the '{name}' field.")
+            )
+        phrase = _jql_value(condition["value"]).strip('"').lower()
+
+        def contains(issue: JiraIssue) -> bool:
             stored = issue.fields.get(field_name)
-            if field_name == "labels" and value in (stored or []):
-                found.append(issue)
-            elif field_name != "labels" and isinstance(stored, str) and phrase in stored.lower():
-                found.append(issue)
-        found.sort(
-            key=lambda issue: int(issue.id), reverse=(parsed["order"] or "DESC").upper() == "DESC"
-        )
-        return found
+            return isinstance(stored, str) and phrase in stored.lower()
+
+        return contains
 
     def _field_problems(self, fields: dict[str, Any], *, creating: bool) -> dict[str, str]:
         problems: dict[str, str] = {}
@@ -537,6 +613,45 @@ class JiraApi(ApiServer):
                         self._stalls.remove(stall)
                     return seconds
         return 0.0
+
+
+def _parse_jql(jql: str) -> tuple[list[re.Match[str]], str] | None:
+    """Split JQL of the subset into its OR'ed conditions and the order; None when outside it."""
+    ordering = _JQL_ORDER.search(jql)
+    body = jql[: ordering.start()] if ordering else jql
+    conditions = []
+    position = 0
+    while True:
+        condition = _JQL_CONDITION.match(body, position)
+        if condition is None:
+            return None
+        conditions.append(condition)
+        position = condition.end()
+        if position == len(body):
+            return conditions, ordering["order"] if ordering else "DESC"
+        separator = _JQL_OR.match(body, position)
+        if separator is None:
+            return None
+        position = separator.end()
+
+
+def _page_token(start: int) -> str:
+    return base64.urlsafe_b64encode(f"start={start}".encode()).decode()
+
+
+def _page_start(token: str) -> int | None:
+    """Return the offset a nextPageToken stands for, or None when the token is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except ValueError:
+        return None
+    found = re.fullmatch(r"start=(\d+)", text)
+    return int(found.group(1)) if found else None
+
+
+def _jql_value(literal: str) -> str:
+    """Return the text of a quoted JQL string, its backslash escapes undone."""
+    return re.sub(r"\\(.)", r"\1", literal[1:-1])
 
 
 def _errors(*messages: str, errors: dict[str, str] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import jira.resilientsession
 import pytest
+import requests
 
 from tests.connectors.jira_api import JiraApi
 from ticketflow.config import ConfigError, MappingRule, SinkSettings, settings_from_mapping
@@ -831,3 +832,361 @@ def test_jira_sink_doctests_pass() -> None:
 
     assert tried > 0
     assert failures == 0
+
+
+# Batches: find_tickets and create_tickets.
+
+BULK_PATH = "/rest/api/2/issue/bulk"
+SEARCH_PATH = "/rest/api/2/search"
+
+
+def numbered_tickets(count: int, prefix: str = "tkt_bulk_") -> list[SinkTicket]:
+    return [make_ticket(f"{prefix}{number}") for number in range(count)]
+
+
+def label_owners(api: JiraApi) -> dict[str, list[str]]:
+    """Map each ticketflow id label to the keys of the issues that carry it."""
+    owners: dict[str, list[str]] = {}
+    for key, issue in api.issues.items():
+        for label in issue.fields["labels"]:
+            if label.startswith("ticketflow-tkt"):
+                owners.setdefault(label.removeprefix("ticketflow-"), []).append(key)
+    return owners
+
+
+def bulk_sizes(api: JiraApi) -> list[int]:
+    return [len(request.json()["issueUpdates"]) for request in api.requests_to("POST", BULK_PATH)]
+
+
+def test_bulk_create_of_120_sends_3_requests(api: JiraApi, sink: JiraSink) -> None:
+    tickets = numbered_tickets(120)
+
+    results = sink.create_tickets(tickets)
+
+    assert bulk_sizes(api) == [50, 50, 20]
+    assert api.requests_to("POST", ISSUE_PATH) == []
+    assert len(api.issues) == 120
+    assert all(isinstance(result, str) for result in results)
+    owners = label_owners(api)
+    for ticket, key in zip(tickets, results, strict=True):
+        assert owners[ticket.external_id] == [key]
+
+
+def test_bulk_fields_match_single_create(api: JiraApi, sink: JiraSink) -> None:
+    ticket = make_ticket(
+        status="review",
+        review_reasons=("dmarc_fail",),
+        mapped=MappingRule(project="OPS", issue_type="Bug", components=("payments",)),
+    )
+    single = sink.create_ticket(ticket)
+
+    [bulk] = sink.create_tickets([ticket])
+
+    assert isinstance(bulk, str)
+    assert api.issues[bulk].fields == api.issues[single].fields
+
+
+def test_bulk_partial_failure_keeps_positions(api: JiraApi, sink: JiraSink) -> None:
+    tickets = [
+        make_ticket("tkt_ok_0"),
+        make_ticket("tkt_bad_project", mapped=MappingRule(project="NOPE")),
+        make_ticket("tkt_ok_2"),
+        make_ticket("tkt_bad_type", mapped=MappingRule(issue_type="Epic")),
+        make_ticket("tkt_ok_4"),
+    ]
+
+    results = sink.create_tickets(tickets)
+
+    owners = label_owners(api)
+    for position in (0, 2, 4):
+        key = results[position]
+        assert isinstance(key, str)
+        assert owners[tickets[position].external_id] == [key]
+    bad_project, bad_type = results[1], results[3]
+    assert isinstance(bad_project, SinkRejected)
+    assert bad_project.status == 400
+    assert "tkt_bad_project (bulk element 1)" in bad_project.answer
+    assert "project: There is no project" in bad_project.answer
+    assert isinstance(bad_type, SinkRejected)
+    assert "tkt_bad_type (bulk element 3)" in bad_type.answer
+    assert "issuetype: The issue type 'Epic' is not valid." in bad_type.answer
+    assert len(api.issues) == 3
+
+
+def test_bulk_with_every_element_failing(api: JiraApi, sink: JiraSink) -> None:
+    tickets = [
+        make_ticket("tkt_bad_0", mapped=MappingRule(project="NOPE")),
+        make_ticket("tkt_bad_1", mapped=MappingRule(priority_name="Blocker")),
+    ]
+
+    results = sink.create_tickets(tickets)
+
+    assert api.issues == {}
+    first, second = results
+    assert isinstance(first, SinkRejected)
+    assert "tkt_bad_0 (bulk element 0): project: There is no project" in first.answer
+    assert isinstance(second, SinkRejected)
+    assert "tkt_bad_1 (bulk element 1): priority:" in second.answer
+
+
+def test_bulk_rejected_as_a_whole(api: JiraApi, sink: JiraSink) -> None:
+    api.token = "another-token"
+
+    results = sink.create_tickets(numbered_tickets(3))
+
+    assert len(results) == 3
+    for result in results:
+        assert isinstance(result, SinkRejected)
+        assert result.status == 401
+        assert "Authentication failed" in result.answer
+    assert api.issues == {}
+
+
+def test_bulk_rejection_covers_one_request(api: JiraApi, sink: JiraSink) -> None:
+    api.fail_next(
+        "POST",
+        BULK_PATH,
+        status=403,
+        body={"errorMessages": ["You may not create issues in this project."], "errors": {}},
+    )
+
+    results = sink.create_tickets(numbered_tickets(60))
+
+    assert len(results) == 60
+    assert all(isinstance(result, SinkRejected) for result in results[:50])
+    assert all(isinstance(result, str) for result in results[50:])
+    assert "You may not create issues" in str(results[0])
+    assert len(api.issues) == 10
+
+
+def test_bulk_rate_limit_raises_without_retry(
+    api: JiraApi, sink: JiraSink, package_sleeps: list[float], backoff_sleeps: list[float]
+) -> None:
+    api.fail_next(
+        "POST",
+        BULK_PATH,
+        status=429,
+        headers={"Retry-After": "7"},
+        body={"errorMessages": ["Rate limit exceeded."], "errors": {}},
+    )
+
+    with pytest.raises(RateLimited) as raised:
+        sink.create_tickets(numbered_tickets(3))
+
+    assert raised.value.retry_after == 7.0
+    assert len(api.requests_to("POST", BULK_PATH)) == 1
+    assert package_sleeps == []
+    assert backoff_sleeps == []
+
+
+def test_bulk_server_error_is_not_retried(
+    api: JiraApi, sink: JiraSink, backoff_sleeps: list[float]
+) -> None:
+    tickets = numbered_tickets(3)
+    api.fail_next(
+        "POST",
+        BULK_PATH,
+        status=503,
+        body={"errorMessages": ["Service unavailable"], "errors": {}},
+    )
+
+    with pytest.raises(SinkUnavailable, match="HTTP 503: Service unavailable"):
+        sink.create_tickets(tickets)
+
+    assert len(api.requests_to("POST", BULK_PATH)) == 1
+    assert backoff_sleeps == []
+    assert sink.find_tickets(tickets) == {}
+    results = sink.create_tickets(tickets)
+    assert all(isinstance(result, str) for result in results)
+    assert sorted(label_owners(api)) == sorted(ticket.external_id for ticket in tickets)
+
+
+def test_bulk_timeout_then_find_makes_no_duplicates(api: JiraApi) -> None:
+    tickets = numbered_tickets(60)
+    # The first request of 50 takes effect, but its response arrives after the client timed out.
+    api.stall_next("POST", BULK_PATH, 1.0)
+    sink = JiraSink(sink_settings(api.url, timeout=0.3), sleep=lambda _: None)
+    try:
+        with pytest.raises(SinkUnavailable, match="timed out after 0.3s"):
+            sink.create_tickets(tickets)
+        assert len(api.requests_to("POST", BULK_PATH)) == 1
+
+        found = sink.find_tickets(tickets)
+        missing = [ticket for ticket in tickets if ticket.external_id not in found]
+        results = sink.create_tickets(missing)
+    finally:
+        sink.close()
+
+    assert len(found) == 50
+    assert len(missing) == 10
+    assert all(isinstance(result, str) for result in results)
+    owners = label_owners(api)
+    assert len(api.issues) == 60
+    assert all(len(owners[ticket.external_id]) == 1 for ticket in tickets)
+    assert {found[ticket.external_id] for ticket in tickets[:50]} == {
+        owners[ticket.external_id][0] for ticket in tickets[:50]
+    }
+
+
+def test_bulk_answer_with_wrong_count_is_unavailable(api: JiraApi, sink: JiraSink) -> None:
+    api.fail_next(
+        "POST",
+        BULK_PATH,
+        status=201,
+        body={"issues": [{"id": "10001", "key": "SUP-1", "self": "x"}], "errors": []},
+    )
+
+    with pytest.raises(SinkUnavailable, match="returned 1 issues and 0 errors for 2 tickets"):
+        sink.create_tickets(numbered_tickets(2))
+
+
+def test_bulk_element_server_error_is_unavailable(api: JiraApi, sink: JiraSink) -> None:
+    element_error = {
+        "status": 503,
+        "elementErrors": {"errorMessages": ["Try again later."], "errors": {}},
+        "failedElementNumber": 1,
+    }
+    api.fail_next(
+        "POST",
+        BULK_PATH,
+        status=201,
+        body={"issues": [{"id": "10001", "key": "SUP-1", "self": "x"}], "errors": [element_error]},
+    )
+
+    with pytest.raises(SinkUnavailable, match=r"failed for elements \[1\]"):
+        sink.create_tickets(numbered_tickets(2))
+
+
+def test_bulk_answer_without_lists_is_unavailable(api: JiraApi, sink: JiraSink) -> None:
+    api.fail_next("POST", BULK_PATH, status=201, body={"created": 2})
+
+    with pytest.raises(SinkUnavailable, match="without 'issues' and 'errors' lists"):
+        sink.create_tickets(numbered_tickets(2))
+
+
+def test_mock_bulk_takes_at_most_50(api: JiraApi) -> None:
+    fields: dict[str, Any] = {
+        "project": {"key": "SUP"},
+        "issuetype": {"name": "Task"},
+        "summary": "x",
+    }
+    updates = [{"fields": fields} for _ in range(51)]
+
+    answer = requests.post(
+        f"{api.url}{BULK_PATH}", json={"issueUpdates": updates}, auth=(USER, TOKEN), timeout=5
+    )
+
+    assert answer.status_code == 400
+    assert "at most 50 issues" in answer.json()["errorMessages"][0]
+    assert api.issues == {}
+
+
+def test_find_tickets_after_bulk_create(api: JiraApi, sink: JiraSink) -> None:
+    # Older issues whose labels start with a searched label: ticketflow-tkt_10, ticketflow-tkt_40.
+    longer = sink.create_tickets([make_ticket("tkt_10"), make_ticket("tkt_40")])
+    created = [make_ticket(f"tkt_{number}") for number in (1, 2, 3)]
+    keys = sink.create_tickets(created)
+    searched = [*created, make_ticket("tkt_4")]
+
+    found = sink.find_tickets(searched)
+
+    assert found == {ticket.external_id: key for ticket, key in zip(created, keys, strict=True)}
+    assert not set(found.values()) & set(longer)
+    [search] = api.requests_to("GET", SEARCH_PATH)
+    jql = search.query["jql"][0]
+    assert jql.startswith('labels in ("ticketflow-tkt_1", "ticketflow-tkt_2", ')
+    assert jql.endswith(" ORDER BY created ASC")
+
+
+def test_find_tickets_in_custom_field(api: JiraApi, make_sink: Callable[..., JiraSink]) -> None:
+    sink = make_sink(api.url, external_id_field="customfield_10050")
+    # An older issue that the mock's `~` also finds for "tkt_1", as Jira's word search may.
+    [longer] = sink.create_tickets([make_ticket("tkt_10")])
+    created = [make_ticket(f"tkt_{number}") for number in (1, 2)]
+    keys = sink.create_tickets(created)
+    searched = [*created, make_ticket("tkt_4")]
+
+    found = sink.find_tickets(searched)
+
+    assert found == {ticket.external_id: key for ticket, key in zip(created, keys, strict=True)}
+    assert longer not in found.values()
+    [search] = api.requests_to("GET", SEARCH_PATH)
+    jql = search.query["jql"][0]
+    assert jql.startswith(r'cf[10050] ~ "\"tkt_1\"" OR cf[10050] ~ "\"tkt_2\"" OR ')
+
+
+def test_find_tickets_chunks_50_ids(api: JiraApi, sink: JiraSink) -> None:
+    tickets = numbered_tickets(120)
+    existing = tickets[::17]
+    keys = sink.create_tickets(existing)
+
+    found = sink.find_tickets(tickets)
+
+    assert found == {ticket.external_id: key for ticket, key in zip(existing, keys, strict=True)}
+    queries = [request.query["jql"][0] for request in api.requests_to("GET", SEARCH_PATH)]
+    assert [query.count('"ticketflow-tkt_bulk_') for query in queries] == [50, 50, 20]
+
+
+def test_find_tickets_reads_every_page(api: JiraApi, sink: JiraSink) -> None:
+    api.search_page_limit = 7
+    tickets = numbered_tickets(20)
+    keys = sink.create_tickets(tickets)
+
+    found = sink.find_tickets(tickets)
+
+    assert found == {ticket.external_id: key for ticket, key in zip(tickets, keys, strict=True)}
+    starts = [request.query["startAt"][0] for request in api.requests_to("GET", SEARCH_PATH)]
+    assert starts == ["0", "7", "14"]
+
+
+def test_find_tickets_pages_on_jira_cloud(make_sink: Callable[..., JiraSink]) -> None:
+    with JiraApi(user=USER, token=TOKEN, deployment="Cloud") as cloud:
+        cloud.search_page_limit = 7
+        sink = make_sink(cloud.url)
+        tickets = numbered_tickets(20)
+        keys = sink.create_tickets(tickets)
+
+        found = sink.find_tickets(tickets)
+
+        assert found == {
+            ticket.external_id: key for ticket, key in zip(tickets, keys, strict=True)
+        }
+        pages = cloud.requests_to("GET", "/rest/api/2/search/jql")
+        assert len(pages) == 3
+        assert "nextPageToken" not in pages[0].query
+        assert all("nextPageToken" in page.query for page in pages[1:])
+
+
+def test_find_tickets_keeps_the_oldest_duplicate(api: JiraApi, sink: JiraSink) -> None:
+    api.search_page_limit = 1
+    first = sink.create_ticket(make_ticket())
+    sink.create_ticket(make_ticket())
+
+    assert sink.find_tickets([make_ticket()]) == {TICKET_ID: first}
+
+
+def test_find_tickets_retries_a_failed_page(api: JiraApi, sink: JiraSink) -> None:
+    api.search_page_limit = 2
+    tickets = numbered_tickets(3)
+    sink.create_tickets(tickets)
+    api.fail_next("GET", SEARCH_PATH, status=502)
+
+    found = sink.find_tickets(tickets)
+
+    assert sorted(found) == sorted(ticket.external_id for ticket in tickets)
+    assert len(api.requests_to("GET", SEARCH_PATH)) == 3
+
+
+def test_find_tickets_rate_limit_raises(api: JiraApi, sink: JiraSink) -> None:
+    api.fail_next("GET", SEARCH_PATH, status=429, headers={"Retry-After": "3"})
+
+    with pytest.raises(RateLimited) as raised:
+        sink.find_tickets(numbered_tickets(2))
+
+    assert raised.value.retry_after == 3.0
+
+
+def test_empty_batches_send_no_request(api: JiraApi, sink: JiraSink) -> None:
+    assert sink.find_tickets([]) == {}
+    assert sink.create_tickets([]) == []
+    assert api.requests == []
