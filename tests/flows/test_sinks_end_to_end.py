@@ -159,6 +159,9 @@ def test_jira_keys_become_ticket_keys(tmp_path, capsys, monkeypatch):
         tickets = stored_tickets(store_url)
         assert sorted(ticket["key"] for ticket in tickets) == sorted(api.issues)
         assert all(ticket["external"]["jira"] == ticket["key"] for ticket in tickets)
+        # New tickets went out in bulk, not one POST each.
+        assert api.requests_to("POST", "/rest/api/2/issue/bulk")
+        assert len(api.requests_to("POST", "/rest/api/2/issue")) < len(tickets)
 
 
 def test_reply_quoting_a_jira_key_becomes_a_comment_on_that_issue(tmp_path, capsys, monkeypatch):
