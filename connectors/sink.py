@@ -12,7 +12,7 @@ translates one ticket operation into that system's API:
 - `add_comment` adds a later message of the thread as a comment;
 - `attach_files` uploads a message's stored attachments to the ticket;
 - `update_ticket` sends changed fields: review status, priority, subject;
-- `link_tickets` tells the system that two tickets turned out to be one thread.
+- `link_tickets` records in the system that two tickets turned out to be one thread.
 
 Idempotency: every call carries the external id of its ticket, and every
 comment a marker naming its message (`comment_marker`). When `verify` is true
@@ -111,7 +111,7 @@ class SinkMessage:
 
 @dataclass(frozen=True)
 class SinkTicket:
-    """A ticket as the ledger holds it, with the fields mapping rules chose for this sink.
+    """A ticket as stored in the ledger, with the fields mapping rules chose for this sink.
 
     `external_id` is ticketflow's stable ticket id: the idempotency key every
     sink stores on the external ticket. `subject` is the clean subject, without

@@ -1,6 +1,6 @@
 """The readable text of an HTML body, for systems and hashes that take plain text.
 
-Scripts, styles, the head and the title are left out; each block element
+Scripts, styles, the head and the title are left out. Each block element
 (paragraph, div, line break, list item, table row, quote, heading) starts a
 new line, and runs of whitespace inside a line become one space.
 

@@ -2,7 +2,7 @@
 
 The rules are `[[sink.rules]]` tables of the config, read in order. A rule
 matches a ticket when every non-empty list of its `when` table contains the
-ticket's value (tenant, component, priority, environment, status); an empty
+ticket's value (tenant, component, priority, environment, status). An empty
 `when` matches every ticket. `mapped_fields` folds the matching rules into one
 `MappingRule`: a single value comes from the first matching rule that sets it,
 and lists gather the values of every matching rule, each value once, in rule
@@ -29,8 +29,8 @@ from ticketflow.config import MappingRule, RuleConditions
 CONDITION_FIELDS = tuple(field.name for field in dataclasses.fields(RuleConditions))
 _VALUE_FIELDS = tuple(field.name for field in dataclasses.fields(MappingRule) if field.name != "when")
 
-# Which system reads each rule field; a rule that sets a field the chosen sink ignores is a
-# config error, so a typo'd intention does not pass silently.
+# Which system reads each rule field. A rule that sets a field the chosen sink ignores is a
+# config error, so a mistaken rule does not pass silently.
 FIELD_SINKS: dict[str, frozenset[str]] = {
     "project": frozenset({"jira"}),
     "issue_type": frozenset({"jira"}),

@@ -164,7 +164,7 @@ def test_jira_keys_become_ticket_keys(tmp_path, capsys, monkeypatch):
         assert len(api.requests_to("POST", "/rest/api/2/issue")) < len(tickets)
 
 
-def test_reply_quoting_a_jira_key_becomes_a_comment_on_that_issue(tmp_path, capsys, monkeypatch):
+def test_reply_quoting_jira_key_becomes_comment(tmp_path, capsys, monkeypatch):
     case = _jira()
     with case.start() as api:
         monkeypatch.setenv("TICKETFLOW_JIRA_TOKEN", api.token)
