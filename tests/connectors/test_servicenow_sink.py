@@ -7,10 +7,12 @@ import doctest
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from tests.connectors.servicenow_api import ServiceNowApi
+from tests.connectors.sink_samples import sample_message, sample_ticket
 from ticketflow.config import (
     ConfigError,
     MappingRule,
@@ -49,32 +51,18 @@ def sink_settings(url: str, **servicenow: object) -> SinkSettings:
     )
 
 
-def make_message(event_id: str = "evt_first0000000000000001", **changes: object) -> SinkMessage:
-    fields: dict[str, object] = {
-        "dedupe_key": f"acme:{event_id}", "event_id": event_id,
-        "message_id": f"<{event_id}@mail.example.com>",
-        "sender": "alice.moreau@bluefin.example.com", "sender_name": "Alice Moreau",
-        "sent_at": "2026-04-30T12:00:00Z", "received_at": "2026-04-30T12:00:05Z",
-        "kind": "original",
-        "text": "POST /charges times out after 30 s since 11:40 UTC.", "html": "",
-        "authentication": {"spf": "pass", "dkim": "pass", "dmarc": "fail"},
-    }
-    fields.update(changes)
-    return SinkMessage(**fields)  # type: ignore[arg-type]
+def make_message(event_id: str = "evt_first0000000000000001", **changes: Any) -> SinkMessage:
+    fields = {"sender": "alice.moreau@bluefin.example.com",
+              "text": "POST /charges times out after 30 s since 11:40 UTC.",
+              "authentication": {"spf": "pass", "dkim": "pass", "dmarc": "fail"}}
+    return sample_message(event_id, **{**fields, **changes})
 
 
-def make_ticket(external_id: str = "tkt_0123456789abcdef0123", **changes: object) -> SinkTicket:
-    fields: dict[str, object] = {
-        "external_id": external_id, "key": "ACME-17", "tenant": "acme",
-        "subject": "API timeout on POST /charges", "requester": "alice.moreau@bluefin.example.com",
-        "requester_name": "Alice Moreau", "participants": ("alice.moreau@bluefin.example.com",),
-        "priority": "P1", "component": "payments", "environment": "prod-us-west-2", "tier": None,
-        "status": "open", "review_reasons": (),
-        "reply_address": "acme-support+t-0123456789ab@support.example.com",
-        "first_message": make_message(),
-    }
-    fields.update(changes)
-    return SinkTicket(**fields)  # type: ignore[arg-type]
+def make_ticket(external_id: str = "tkt_0123456789abcdef0123", **changes: Any) -> SinkTicket:
+    fields = {"external_id": external_id, "requester": "alice.moreau@bluefin.example.com",
+              "participants": ("alice.moreau@bluefin.example.com",),
+              "reply_address": "acme-support+t-0123456789ab@support.example.com"}
+    return sample_ticket(**{"first_message": make_message(), **fields, **changes})
 
 
 def failure(message: str, detail: str) -> dict[str, object]:

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 import ticketflow.connectors.webhook_sink as webhook_module
+from tests.connectors.sink_samples import sample_message, sample_ticket
 from tests.connectors.webhook_receiver import WebhookReceiver
 from ticketflow.config import ConfigError, MappingRule, Settings, SinkSettings, WebhookSettings
 from ticketflow.connectors.sink import (
@@ -33,44 +34,15 @@ SECRET = b"whsec-test-5f2c"
 
 
 def make_message(event_id: str = "evt_first", **changes: Any) -> SinkMessage:
-    fields: dict[str, Any] = {
-        "dedupe_key": f"acme:{event_id}",
-        "event_id": event_id,
-        "message_id": f"<{event_id}@mail.example.com>",
-        "sender": "alice@bluefin.example.com",
-        "sender_name": "Alice Moreau",
-        "sent_at": "2026-04-30T12:00:00Z",
-        "received_at": "2026-04-30T12:00:05Z",
-        "kind": "original",
-        "text": "POST /charges times out after 30 s since this morning.",
-        "html": "<p>POST /charges times out</p>",
-        "authentication": {"spf": "pass", "dkim": "pass", "dmarc": "fail"},
-        "attachments": (),
-    }
-    fields.update(changes)
-    return SinkMessage(**fields)
+    fields = {"html": "<p>POST /charges times out</p>",
+              "authentication": {"spf": "pass", "dkim": "pass", "dmarc": "fail"}}
+    return sample_message(event_id, **{**fields, **changes})
 
 
 def make_ticket(**changes: Any) -> SinkTicket:
-    fields: dict[str, Any] = {
-        "external_id": "tkt_0f3a9c",
-        "key": "ACME-17",
-        "tenant": "acme",
-        "subject": "API timeout on POST /charges",
-        "requester": "alice@bluefin.example.com",
-        "requester_name": "Alice Moreau",
-        "participants": ("alice@bluefin.example.com", "bob@bluefin.example.com"),
-        "priority": "P1",
-        "component": "payments",
-        "environment": "prod-us-west-2",
-        "tier": "gold",
-        "status": "review",
-        "review_reasons": ("dmarc_fail",),
-        "reply_address": "acme-support+t-0f3a9c@support.example.com",
-        "first_message": make_message(),
-    }
-    fields.update(changes)
-    return SinkTicket(**fields)
+    fields = {"participants": ("alice@bluefin.example.com", "bob@bluefin.example.com"),
+              "tier": "gold", "status": "review", "review_reasons": ("dmarc_fail",)}
+    return sample_ticket(**{"first_message": make_message(), **fields, **changes})
 
 
 def reply(event_id: str, text: str = "Still failing.") -> SinkMessage:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import ticketflow.connectors.zendesk_sink as zendesk_module
+from tests.connectors.sink_samples import sample_message, sample_ticket
 from tests.connectors.zendesk_api import ZendeskApi
 from ticketflow.config import (
     ConfigError,
@@ -37,44 +38,11 @@ TOKEN_ENV = "TICKETFLOW_ZENDESK_TOKEN"
 
 
 def make_message(event_id: str = "evt_first", **changes: Any) -> SinkMessage:
-    fields: dict[str, Any] = {
-        "dedupe_key": f"acme:{event_id}",
-        "event_id": event_id,
-        "message_id": f"<{event_id}@mail.example.com>",
-        "sender": "alice@bluefin.example.com",
-        "sender_name": "Alice Moreau",
-        "sent_at": "2026-04-30T12:00:00Z",
-        "received_at": "2026-04-30T12:00:05Z",
-        "kind": "original",
-        "text": "POST /charges times out after 30 s since this morning.",
-        "html": "",
-        "authentication": {"spf": "pass", "dkim": "pass", "dmarc": "pass"},
-        "attachments": (),
-    }
-    fields.update(changes)
-    return SinkMessage(**fields)
+    return sample_message(event_id, **changes)
 
 
 def make_ticket(**changes: Any) -> SinkTicket:
-    fields: dict[str, Any] = {
-        "external_id": "tkt_0f3a9c",
-        "key": "ACME-17",
-        "tenant": "acme",
-        "subject": "API timeout on POST /charges",
-        "requester": "alice@bluefin.example.com",
-        "requester_name": "Alice Moreau",
-        "participants": ("alice@bluefin.example.com",),
-        "priority": "P1",
-        "component": "payments",
-        "environment": "prod-us-west-2",
-        "tier": None,
-        "status": "open",
-        "review_reasons": (),
-        "reply_address": "acme-support+t-0f3a9c@support.example.com",
-        "first_message": make_message(),
-    }
-    fields.update(changes)
-    return SinkTicket(**fields)
+    return sample_ticket(**{"first_message": make_message(), **changes})
 
 
 def reply(event_id: str, text: str = "Still failing.") -> SinkMessage:
