@@ -6,9 +6,10 @@ defaults are one ordinary ticket of tenant acme with its first message.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from ticketflow.connectors.sink import SinkMessage, SinkTicket
+from ticketflow.connectors.sink import SinkAttachment, SinkMessage, SinkTicket
 
 
 def sample_message(event_id: str = "evt_first", **changes: Any) -> SinkMessage:
@@ -52,3 +53,16 @@ def sample_ticket(first_message: SinkMessage | None = None, **changes: Any) -> S
     }
     fields.update(changes)
     return SinkTicket(**fields)
+
+
+def stored(name: str, data: bytes, **changes: Any) -> SinkAttachment:
+    """Return an attachment kept in the attachment store as `name`, with a download link."""
+    fields: dict[str, Any] = {
+        "filename": name,
+        "content_type": "application/json",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "download_url": f"https://files.example.com/{name}",
+    }
+    fields.update(changes)
+    return SinkAttachment(**fields)

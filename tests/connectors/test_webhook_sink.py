@@ -15,7 +15,7 @@ import pytest
 import requests
 
 import ticketflow.connectors.webhook_sink as webhook_module
-from tests.connectors.sink_samples import sample_message, sample_ticket
+from tests.connectors.sink_samples import sample_message, sample_ticket, stored
 from tests.connectors.webhook_receiver import WebhookReceiver
 from ticketflow.config import ConfigError, MappingRule, Settings, SinkSettings, WebhookSettings
 from ticketflow.connectors.sink import (
@@ -48,18 +48,6 @@ def make_ticket(**changes: Any) -> SinkTicket:
 def reply(event_id: str, text: str = "Still failing.") -> SinkMessage:
     return make_message(event_id, kind="reply", text=text, html="",
                         sender="bob@bluefin.example.com", sender_name="Bob Stone")
-
-
-def stored(name: str, data: bytes, **changes: Any) -> SinkAttachment:
-    fields: dict[str, Any] = {
-        "filename": name,
-        "content_type": "application/json",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "download_url": f"https://files.example.com/{name}",
-    }
-    fields.update(changes)
-    return SinkAttachment(**fields)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import ticketflow.connectors.zendesk_sink as zendesk_module
-from tests.connectors.sink_samples import sample_message, sample_ticket
+from tests.connectors.sink_samples import sample_message, sample_ticket, stored
 from tests.connectors.zendesk_api import ZendeskApi
 from ticketflow.config import (
     ConfigError,
@@ -48,18 +48,6 @@ def make_ticket(**changes: Any) -> SinkTicket:
 def reply(event_id: str, text: str = "Still failing.") -> SinkMessage:
     return make_message(event_id, kind="reply", text=text, sender="bob@bluefin.example.com",
                         sender_name="Bob Stone", sent_at="2026-04-30T13:00:00Z")
-
-
-def stored(name: str, data: bytes, **changes: Any) -> SinkAttachment:
-    fields: dict[str, Any] = {
-        "filename": name,
-        "content_type": "application/json",
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "download_url": f"https://files.example.com/{name}",
-    }
-    fields.update(changes)
-    return SinkAttachment(**fields)
 
 
 @pytest.fixture
