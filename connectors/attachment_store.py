@@ -177,5 +177,5 @@ def attachment_governor(settings: AttachmentSettings) -> AttachmentGovernor:
     if settings.clamd:
         from ticketflow.connectors.clamd import ClamdScanner
 
-        scanner = ClamdScanner(settings.clamd)
+        scanner = ClamdScanner(settings.clamd, timeout=settings.clamd_timeout)
     return AttachmentGovernor(settings, store=store, scanner=scanner)

@@ -58,6 +58,13 @@ class ClamdUnavailable(Exception):
     """
 
 
+class ClamdStreamTooLarge(ClamdUnavailable):
+    """clamd refused one file as larger than its StreamMaxLength; clamd itself is up.
+
+    Only that file is unscanned: the caller refuses it without pausing other scans.
+    """
+
+
 @dataclass(frozen=True)
 class ClamdAddress:
     """A clamd endpoint: a TCP host and port, or the path of a Unix socket."""
@@ -224,16 +231,16 @@ class ClamdScanner:
 
     def _rejected(self, reply: str) -> ClamdUnavailable:
         if reply.startswith(_SIZE_LIMIT_REPLY):
-            fix = (
-                "Raise StreamMaxLength in clamd.conf to at least [attachments] max_file_bytes, "
-                "or lower max_file_bytes"
+            return ClamdStreamTooLarge(
+                f"clamd at {self.address.text} rejected the scan: {reply}. Raise StreamMaxLength "
+                "in clamd.conf to at least [attachments] max_file_bytes, or lower max_file_bytes"
             )
-        else:
-            fix = "Read clamd's log for the cause"
-        return ClamdUnavailable(f"clamd at {self.address.text} rejected the scan: {reply}. {fix}")
+        return ClamdUnavailable(
+            f"clamd at {self.address.text} rejected the scan: {reply}. Read clamd's log for the cause"
+        )
 
     def _timed_out(self, step: str) -> ClamdUnavailable:
         return ClamdUnavailable(
             f"clamd at {self.address.text} timed out after {self.timeout} s {step}. "
-            "Check clamd's load and log, or raise the scanner's timeout"
+            "Check clamd's load and log, or raise [attachments] clamd_timeout"
         )

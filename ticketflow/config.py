@@ -344,10 +344,16 @@ class AttachmentSettings:
         "application/x-sharedlib", "application/x-mach-binary", "application/java-archive",
         "application/vnd.microsoft.portable-executable", "application/x-msi",
         "application/x-ms-shortcut", "application/x-iso9660-image", "application/java-vm",
+        "application/hta", "application/x-ms-installer", "application/vnd.ms-cab-compressed",
+        "application/javascript", "text/javascript", "application/x-javascript",
+        "text/vbscript", "application/x-sh", "application/x-bat",
     )
     # clamd address for malware scanning: "tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl";
     # "" scans nothing.
     clamd: str = ""
+    # Seconds one connect, send or read of a scan may take before the file is refused as
+    # scan_unavailable (and scans pause for 10 s).
+    clamd_timeout: float = 30.0
     # Unpack TNEF (winmail.dat) attachments into the files they carry.
     unpack_tnef: bool = True
     # Clean HTML bodies (scripts, event handlers, remote content) before they reach a ticket.
@@ -799,7 +805,8 @@ def _check_attachments(attachments: AttachmentSettings, origin: str) -> None:
     _check_positive_numbers(origin, (
         ("attachments.max_file_bytes", attachments.max_file_bytes),
         ("attachments.max_message_bytes", attachments.max_message_bytes),
-    ))
+    ), upper=float(2**62))
+    _check_positive_numbers(origin, (("attachments.clamd_timeout", attachments.clamd_timeout),))
     for dotted, types in (("attachments.allow_types", attachments.allow_types),
                           ("attachments.deny_types", attachments.deny_types)):
         for media_type in types:
@@ -821,9 +828,16 @@ def _check_attachments(attachments: AttachmentSettings, origin: str) -> None:
         )
 
 
-def _check_positive_numbers(origin: str, values: tuple[tuple[str, float], ...]) -> None:
+def _check_positive_numbers(
+    origin: str, values: tuple[tuple[str, float], ...], upper: float = MAX_SECONDS
+) -> None:
     for dotted, number in values:
-        if not 0 < number <= MAX_SECONDS:
+        if number <= 0:
             raise ConfigError(
                 f"invalid value for '{dotted}' in {origin}: {number:g}; use a positive number"
+            )
+        if number > upper:
+            raise ConfigError(
+                f"invalid value for '{dotted}' in {origin}: {number:g} is more than {upper:g}; "
+                "use a smaller number"
             )
