@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ticketflow.config import AttachmentSettings
-from ticketflow.operators.attachments import AttachmentGovernor, MalwareScanner
+from ticketflow.operators.attachments import SCAN_RETRY_SECONDS, AttachmentGovernor, MalwareScanner
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -178,4 +178,6 @@ def attachment_governor(settings: AttachmentSettings) -> AttachmentGovernor:
         from ticketflow.connectors.clamd import ClamdScanner
 
         scanner = ClamdScanner(settings.clamd, timeout=settings.clamd_timeout)
-    return AttachmentGovernor(settings, store=store, scanner=scanner)
+    # A hanging clamd costs one timeout per pause, so the pause lasts at least that long.
+    retry = max(SCAN_RETRY_SECONDS, settings.clamd_timeout)
+    return AttachmentGovernor(settings, store=store, scanner=scanner, scan_retry_seconds=retry)

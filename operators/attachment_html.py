@@ -18,6 +18,8 @@ browser does not load.
 - `style` keeps only layout, font, color and border properties. Nothing that
   loads a URL (`background`, `background-image`, `list-style-image`,
   `content`), positions or hides content is kept, so a hidden text shows.
+  A `style` that contains a CSS `expression(...)` (old Internet Explorer runs
+  it as script), also when written with escapes or comments, is removed whole.
 - URLs in `href` and `src` keep only the schemes http, https, mailto, tel and
   cid. `javascript:`, `data:`, `vbscript:` and `file:` links are removed, and
   so are relative and protocol-relative URLs, because a mail has no base URL
@@ -47,6 +49,11 @@ import nh3
 _CID_REFERENCE = re.compile(
     r"""(\b(?:src|href|background)\s*=\s*)(["']?)cid:([^"'\s>]+)""", re.IGNORECASE
 )
+
+# CSS comments and escapes ("\65" or "\e" for "e"), removed before looking for expression(.
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
+_CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6})\s?|\\(.)", re.DOTALL)
+_CSS_EXPRESSION = re.compile(r"expression\s*\(")
 
 _URL_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid"})
 _TAGS = frozenset(nh3.ALLOWED_TAGS | {"font"})
@@ -147,6 +154,8 @@ def _keep_own_relative_url(url: str) -> str | None:
 
 
 def _keep_safe_url(element: str, attribute: str, value: str) -> str | None:
+    if attribute == "style":
+        return None if _has_css_expression(value) else value
     if attribute not in ("src", "href"):
         return value
     if value in _own_links():
@@ -156,3 +165,17 @@ def _keep_safe_url(element: str, attribute: str, value: str) -> str | None:
     if element == "img" and attribute == "src" and not value.lower().startswith("cid:"):
         return None  # a remote image
     return value
+
+
+def _has_css_expression(style: str) -> bool:
+    """Tell whether a style attribute calls expression(), however it is escaped."""
+    text = _CSS_COMMENT.sub("", style)
+    text = _CSS_ESCAPE.sub(_css_unescaped, text)
+    return bool(_CSS_EXPRESSION.search(text.lower()))
+
+
+def _css_unescaped(found: re.Match[str]) -> str:
+    if found.group(1) is None:
+        return found.group(2)
+    code = int(found.group(1), 16)
+    return chr(code) if 0 < code <= 0x10FFFF else ""

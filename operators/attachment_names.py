@@ -3,6 +3,10 @@
 `safe_filename` keeps what a person would recognize and drops what could
 mislead a person or a program:
 
+- compatibility forms: a character whose compatibility form (NFKC) is ASCII
+  becomes that form first, so the fullwidth "／..／x.txt" is checked, and
+  kept, as "x.txt" and "ＣＯＮ.txt" as "CON.txt". Other characters (CJK,
+  accented letters) stay as they are;
 - directories: only the last component after "/" or "\\" is kept, so
   "../../etc/passwd" and "C:\\Users\\x\\a.exe" become "passwd" and "a.exe";
 - control, format and separator characters (Unicode categories Cc, Cf, Zl, Zp
@@ -19,6 +23,9 @@ mislead a person or a program:
 A part without a name, or whose name is nothing after cleaning, is called
 `attachment-N` plus an extension for its content type (N is its position in the
 message's attachment list).
+
+`numbered_filename` gives the second file of a name in a message its own name
+("report (2).txt").
 """
 
 from __future__ import annotations
@@ -84,7 +91,8 @@ def extension_for(media_type: str) -> str:
 
 def safe_filename(name: str, media_type: str, position: int) -> str:
     """Return `name` made safe (see the module docstring); `position` counts from 1."""
-    cleaned = _without_dropped_characters(_last_component(unicodedata.normalize("NFC", name)))
+    name = _compatibility_ascii(unicodedata.normalize("NFC", name))
+    cleaned = _without_dropped_characters(_last_component(name))
     cleaned = _WINDOWS_FORBIDDEN.sub("_", cleaned)
     cleaned = _WHITESPACE_RUN.sub(" ", cleaned).strip(". ")
     if not cleaned:
@@ -92,6 +100,30 @@ def safe_filename(name: str, media_type: str, position: int) -> str:
     if _is_windows_device(cleaned):
         cleaned = "_" + cleaned
     return _bounded(cleaned)
+
+
+def numbered_filename(name: str, number: int) -> str:
+    """Return `name` with " (number)" before its extension, within `MAX_FILENAME_BYTES`."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension) > _MAX_EXTENSION_CHARS:
+        stem, extension = name, ""
+    suffix = f" ({number})" + ("." + extension if extension else "")
+    budget = MAX_FILENAME_BYTES - len(suffix.encode("utf-8"))
+    return stem.encode("utf-8")[:budget].decode("utf-8", "ignore") + suffix
+
+
+def _compatibility_ascii(name: str) -> str:
+    """Replace each character whose NFKC form is ASCII ("／", "Ｃ", "¹", "․") with that form."""
+    if name.isascii():
+        return name
+    return "".join(_ascii_form(char) for char in name)
+
+
+def _ascii_form(char: str) -> str:
+    if char.isascii():
+        return char
+    folded = unicodedata.normalize("NFKC", char)
+    return folded if folded.isascii() else char
 
 
 def _without_dropped_characters(name: str) -> str:

@@ -22,7 +22,7 @@ and the work is linear in the stream's size.
 
 Not handled: checksums are not verified. The message body (RTF or HTML inside
 the stream) is not extracted. An attached Outlook item is returned as one file
-that contains its own TNEF stream, not unpacked further.
+that contains its own TNEF stream; the caller decides whether to read it too.
 """
 
 from __future__ import annotations
@@ -82,7 +82,19 @@ _OBJECT_IID_BYTES = 16
 
 
 class TnefUnreadable(ValueError):
-    """A TNEF stream that cannot be read. The message names where reading failed."""
+    """A TNEF stream that cannot be read. The message names where reading failed.
+
+    `files` holds the files found before the failure, the last one possibly
+    incomplete, so a caller can still check each of them.
+    """
+
+    def __init__(self, message: str, files: list[TnefFile] | None = None) -> None:
+        super().__init__(message)
+        self.files: list[TnefFile] = files or []
+
+
+class TnefTooManyFiles(TnefUnreadable):
+    """A TNEF stream with more than `MAX_FILES` files; `files` holds the first `MAX_FILES`."""
 
 
 @dataclass(frozen=True)
@@ -124,17 +136,28 @@ class _Draft:
 def read_tnef(data: bytes) -> list[TnefFile]:
     """Return the files of a TNEF stream in order, or raise `TnefUnreadable` when it is broken.
 
-    A stream that is cut off, has a length that runs past its end, or has more
-    than `MAX_ATTRIBUTES` attributes is unreadable as a whole, with no partial list.
+    A stream that is cut off, has a length that runs past its end, has an
+    unknown MAPI property type or more than `MAX_ATTRIBUTES` attributes raises
+    `TnefUnreadable`, and one with more than `MAX_FILES` files raises
+    `TnefTooManyFiles`. Either carries the files read before the failure.
     """
     if not data.startswith(TNEF_SIGNATURE) or len(data) < 6:
         raise TnefUnreadable("no TNEF signature (78 9F 3E 22) at the start")
-    view = memoryview(data)
-    codepage = "cp1252"
     drafts: list[_Draft] = []
+    try:
+        _read_attachments(memoryview(data), drafts)
+    except TnefUnreadable as error:
+        files = [draft.finish() for draft in drafts]
+        raise type(error)(str(error), files) from None
+    return [draft.finish() for draft in drafts]
+
+
+def _read_attachments(view: memoryview, drafts: list[_Draft]) -> None:
+    """Append a draft to `drafts` for each attachment of the stream, as it is read."""
+    codepage = "cp1252"
     offset = 6  # the signature and a 16-bit key
     for count in range(MAX_ATTRIBUTES + 1):
-        if offset == len(data):
+        if offset == len(view):
             break
         if count == MAX_ATTRIBUTES:
             raise TnefUnreadable(f"more than {MAX_ATTRIBUTES} attributes")
@@ -144,10 +167,9 @@ def read_tnef(data: bytes) -> list[TnefFile]:
         elif level == _LEVEL_ATTACHMENT:
             if attribute == _ATT_ATTACH_REND_DATA or not drafts:
                 if len(drafts) >= MAX_FILES:
-                    raise TnefUnreadable(f"more than {MAX_FILES} attachments")
+                    raise TnefTooManyFiles(f"more than {MAX_FILES} attachments")
                 drafts.append(_Draft())
             _add_to_attachment(drafts[-1], attribute, value, codepage)
-    return [draft.finish() for draft in drafts]
 
 
 def _attribute(view: memoryview, offset: int) -> tuple[int, int, memoryview, int]:

@@ -5,7 +5,8 @@ containers, their directory) and returns a media type, or None when the bytes
 match no known signature and are not text. It recognizes:
 
 - documents and images: PDF, PNG, JPEG, GIF, WebP, TIFF, RTF, PostScript;
-- containers: ZIP, and inside it Office Open XML (docx, xlsx, pptx), OpenDocument
+- containers: ZIP, and inside it Office Open XML (docx, xlsx, pptx, and their
+  macro-enabled kinds docm, xlsm, pptm when a `vbaProject.bin` entry is present), OpenDocument
   (the `mimetype` entry) and Java archives; OLE2 compound files, and inside them
   Word, Excel, PowerPoint, Outlook .msg, Visio and Windows Installer files;
   gzip, bzip2, xz, 7-Zip, RAR, ISO 9660 images and MS-TNEF (winmail.dat);
@@ -25,10 +26,17 @@ for comparisons and for allow/deny patterns: `image/jpg` is `image/jpeg`,
 `effective_type` decides which type an attachment is listed with. The declared
 type stays when the sniffer learned nothing, or only something less specific:
 a generic container (text, ZIP, OLE2, gzip) of which the declared type is a
-kind, or a sibling Office Open XML type (a .docm sniffs as docx). A generic
+kind, or a sibling Office Open XML type (a .dotx sniffs as docx). A generic
 declaration (`application/octet-stream`) gives way to the sniffed type. Any
 other difference is a mismatch: the sniffed type wins, and the caller records
-both.
+both. Two cases are mismatches although the sniffer is less specific:
+
+- a declared type whose files always start with a signature (PDF, PNG, JPEG,
+  GIF, WebP, ZIP and its kinds) on bytes without it is listed as
+  `application/octet-stream`, so an allow list cannot be passed by declaring
+  an allowed type on unknown bytes;
+- a package with macros (sniffed docm, xlsm, pptm) declared as a kind without
+  macros (docx, xlsx, pptx, their templates) is listed as the macro kind.
 """
 
 from __future__ import annotations
@@ -99,6 +107,9 @@ _ALIASES = {
 _DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 _XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+_DOCM = "application/vnd.ms-word.document.macroenabled.12"
+_XLSM = "application/vnd.ms-excel.sheet.macroenabled.12"
+_PPTM = "application/vnd.ms-powerpoint.presentation.macroenabled.12"
 
 # Office Open XML types that share a package layout. The sniffer returns the first of each.
 _OOXML_SIBLINGS = (
@@ -156,6 +167,11 @@ _GZIP_KINDS = frozenset({
     "application/x-gtar",
     "application/x-tgz",
 })
+# Declared types whose files always start with a signature the sniffer knows.
+_SIGNED_TYPES = frozenset(
+    {"application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "application/zip"}
+    | _ZIP_KINDS
+)
 # Kinds of each sniffed container type that a declaration may name instead.
 _CONTAINER_KINDS = {
     "application/zip": _ZIP_KINDS,
@@ -194,8 +210,11 @@ _TEXTUAL_APPLICATION_TYPES = frozenset({
 
 
 def canonical_type(media_type: str) -> str:
-    """Return the canonical lowercase name of `media_type` (`image/jpg` → `image/jpeg`)."""
-    lowered = media_type.strip().lower()
+    """Return the canonical lowercase name of `media_type` (`image/jpg` → `image/jpeg`).
+
+    Parameters are dropped: `Application/X-DOSEXEC; name=x` is `application/x-dosexec`.
+    """
+    lowered = media_type.partition(";")[0].strip().lower()
     return _ALIASES.get(lowered, lowered)
 
 
@@ -213,6 +232,10 @@ def _ooxml_siblings(first: str, second: str) -> bool:
     return any(first in family and second in family for family in _OOXML_SIBLINGS)
 
 
+def _is_macro_enabled(media_type: str) -> bool:
+    return media_type.endswith(".macroenabled.12")
+
+
 @dataclass(frozen=True)
 class TypeVerdict:
     """The type an attachment is listed with, and whether it contradicts the declaration."""
@@ -225,6 +248,8 @@ def effective_type(declared: str, sniffed: str | None) -> TypeVerdict:
     """Choose between a declared and a sniffed type (see the module docstring)."""
     declared = canonical_type(declared)
     if sniffed is None:
+        if declared in _SIGNED_TYPES:
+            return TypeVerdict(OCTET_STREAM, mismatch=True)
         return TypeVerdict(declared or OCTET_STREAM, mismatch=False)
     if declared in GENERIC_TYPES or declared == sniffed:
         return TypeVerdict(sniffed, mismatch=False)
@@ -235,6 +260,8 @@ def effective_type(declared: str, sniffed: str | None) -> TypeVerdict:
     if sniffed in _WEAK_TEXT_TYPES and is_textual(declared):
         return TypeVerdict(declared, mismatch=False)
     if _ooxml_siblings(sniffed, declared):
+        if _is_macro_enabled(sniffed) and not _is_macro_enabled(declared):
+            return TypeVerdict(sniffed, mismatch=True)
         return TypeVerdict(declared, mismatch=False)
     return TypeVerdict(sniffed, mismatch=True)
 
@@ -374,9 +401,12 @@ def _zip_kind(data: bytes) -> str:
         return odf
     names = _zip_entry_names(data)
     if "[Content_Types].xml" in names:
-        for prefix, media_type in (("word/", _DOCX), ("xl/", _XLSX), ("ppt/", _PPTX)):
+        macros = any(name.lower().endswith("vbaproject.bin") for name in names)
+        for prefix, plain, with_macros in (
+            ("word/", _DOCX, _DOCM), ("xl/", _XLSX, _XLSM), ("ppt/", _PPTX, _PPTM),
+        ):
             if any(name.startswith(prefix) for name in names):
-                return media_type
+                return with_macros if macros else plain
     if "META-INF/MANIFEST.MF" in names and any(name.endswith(".class") for name in names):
         return "application/java-archive"
     return "application/zip"

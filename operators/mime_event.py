@@ -72,6 +72,8 @@ _ENVELOPE_FIELDS = (
     "references",
 )
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# An attachment's download_url: an absolute http(s) URL without spaces or control characters.
+_HTTP_URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$", re.IGNORECASE)
 _DEFECT_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 _WHITESPACE = re.compile(r"\s+")
 # Upper bounds that keep a hostile JSON event as small as a parsed one.
@@ -252,22 +254,36 @@ def _attachment(item: Any, defects: DefectLog) -> dict[str, Any] | None:
     if disposition not in ("attachment", "inline"):
         disposition = "attachment"
     content_id = item.get("content_id")
-    download_url = item.get("download_url")
     return {
         "filename": _text(item.get("filename", ""), "attachments.filename", defects),
-        "content_type": _text(
-            item.get("content_type", "application/octet-stream"),
-            "attachments.content_type",
-            defects,
-        ).lower(),
+        "content_type": _media_type(item.get("content_type", "application/octet-stream"), defects),
         "size": size,
         "content_id": normalize_content_id(content_id) if isinstance(content_id, str) else None,
         "disposition": disposition,
         "sha256": sha256.lower(),
-        "download_url": download_url if isinstance(download_url, str) else None,
+        "download_url": _download_url(item.get("download_url"), defects),
         "refused": _optional_text(item.get("refused"), "attachments.refused", defects),
         "quarantined": _optional_text(item.get("quarantined"), "attachments.quarantined", defects),
     }
+
+
+def _media_type(value: Any, defects: DefectLog) -> str:
+    """Return an attachment's declared type lowercased and without parameters ("; name=x")."""
+    text = _text(value, "attachments.content_type", defects)
+    return text.partition(";")[0].strip().lower()
+
+
+def _download_url(value: Any, defects: DefectLog) -> str | None:
+    """Return an attachment's link when it is an http(s) URL, else None (javascript:, file:)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _HTTP_URL.match(value):
+        return value
+    excerpt = value[:80] if isinstance(value, str) else type(value).__name__
+    defects.add(
+        "invalid_field", f"attachments.download_url {excerpt!r} is no http(s) URL; set to null"
+    )
+    return None
 
 
 def _optional_text(value: Any, name: str, defects: DefectLog) -> str | None:

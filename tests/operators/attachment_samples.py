@@ -115,6 +115,15 @@ def xlsx_workbook() -> bytes:
     })
 
 
+def macro_package(folder: str) -> bytes:
+    """Return an Office Open XML package with a VBA project in `folder` ("word", "xl", "ppt")."""
+    return zip_archive({
+        "[Content_Types].xml": b"<Types/>",
+        f"{folder}/document.xml": b"<document/>",
+        f"{folder}/vbaProject.bin": b"\xd0\xcf\x11\xe0 macros",
+    })
+
+
 def odt_document() -> bytes:
     """Return an OpenDocument text: its uncompressed `mimetype` entry comes first."""
     return zip_archive(

@@ -89,6 +89,22 @@ def test_sanitize_filters_style_properties() -> None:
         assert removed not in cleaned
 
 
+@pytest.mark.parametrize(
+    "style",
+    [
+        "width:expression(alert(1)); color:red",
+        "width: EXPRESSION (alert(1))",
+        r"width:expr\65ssion(alert(1))",
+        r"width:expr\000065 ssion(alert(1))",
+        "width:expr/* x */ession(alert(1))",
+        "width:expr&#101;ssion(alert(1))",
+    ],
+)
+def test_sanitize_drops_style_with_css_expression(style: str) -> None:
+    cleaned = sanitize_html(f'<p style="{style}">x</p>')
+    assert cleaned == "<p>x</p>"
+
+
 def test_sanitize_keeps_mail_layout() -> None:
     cleaned = sanitize_html(
         '<table width="600" cellpadding="4" bgcolor="#eeeeee"><tr><td valign="top" '

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ticketflow.operators.attachment_names import MAX_FILENAME_BYTES, extension_for, safe_filename
+from ticketflow.operators.attachment_names import (
+    MAX_FILENAME_BYTES,
+    extension_for,
+    numbered_filename,
+    safe_filename,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +33,11 @@ from ticketflow.operators.attachment_names import MAX_FILENAME_BYTES, extension_
         ("line\nbreak\r.txt", "linebreak.txt"),
         ("nul\x00byte.txt", "nulbyte.txt"),
         ("lone\udcffsurrogate.txt", "lonesurrogate.txt"),
+        ("\uff0f..\uff0fx.txt", "x.txt"),
+        ("..\uff3c..\uff3cboot.ini", "boot.ini"),
+        ("\uff23\uff2f\uff2e.txt", "_CON.txt"),
+        ("\u2024\u2024", "attachment-3.txt"),
+        ("\u65e5\u672c\uff0d\u8a9e.txt", "\u65e5\u672c-\u8a9e.txt"),
         ('what?<is>"this"|*.txt', "what__is__this___.txt"),
         ("file.txt:hidden-stream", "file.txt_hidden-stream"),
         (".bashrc", "bashrc"),
@@ -40,7 +50,7 @@ from ticketflow.operators.attachment_names import MAX_FILENAME_BYTES, extension_
         ("Aux.tar.gz", "_Aux.tar.gz"),
         ("COM1.log", "_COM1.log"),
         ("lpt9", "_lpt9"),
-        ("COM¹.txt", "_COM¹.txt"),
+        ("COM¹.txt", "_COM1.txt"),
         ("CONSOLE.txt", "CONSOLE.txt"),
         ("", "attachment-3.txt"),
         ("\u202e", "attachment-3.txt"),
@@ -78,6 +88,25 @@ def test_long_suffix_is_no_extension() -> None:
 
 def test_decomposed_name_normalized() -> None:
     assert safe_filename("Cafe\u0301.txt", "text/plain", 1) == "Caf\u00e9.txt"
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "numbered"),
+    [
+        ("report.TXT", 2, "report (2).TXT"),
+        ("archive.tar.gz", 3, "archive.tar (3).gz"),
+        ("README", 2, "README (2)"),
+        ("a." + "x" * 30, 2, "a." + "x" * 30 + " (2)"),
+    ],
+)
+def test_numbered_filename(name: str, number: int, numbered: str) -> None:
+    assert numbered_filename(name, number) == numbered
+
+
+def test_numbered_long_name_stays_bounded() -> None:
+    numbered = numbered_filename("a" * 200 + ".pdf", 12)
+    assert numbered.endswith("a (12).pdf")
+    assert len(numbered.encode("utf-8")) == MAX_FILENAME_BYTES
 
 
 def test_extension_for_known_types() -> None:

@@ -17,7 +17,9 @@ from tests.operators.attachment_samples import (
 )
 from ticketflow.operators.attachment_tnef import (
     MAX_ATTRIBUTES,
+    MAX_FILES,
     TnefFile,
+    TnefTooManyFiles,
     TnefUnreadable,
     read_tnef,
 )
@@ -156,6 +158,22 @@ def test_too_many_attributes_unreadable() -> None:
     stream = tnef_stream([]) + empty_attribute * (MAX_ATTRIBUTES + 1)
     with pytest.raises(TnefUnreadable, match=f"more than {MAX_ATTRIBUTES} attributes"):
         read_tnef(stream)
+
+
+def test_unreadable_stream_carries_files_read_before() -> None:
+    unknown_type = struct.pack("<I", 1) + struct.pack("<HH", 0x0999, 0x1234)
+    stream = tnef_stream([REPORT, CHART]) + tnef_attribute(2, 0x9005, 0x0006, unknown_type)
+    with pytest.raises(TnefUnreadable, match="unknown MAPI property type 0x0999") as raised:
+        read_tnef(stream)
+    assert [file.data for file in raised.value.files] == [REPORT.data, PNG]
+
+
+def test_too_many_files_carries_the_first_ones() -> None:
+    files = [TnefAttachment(f"f{number}.txt", b"x") for number in range(MAX_FILES + 1)]
+    with pytest.raises(TnefTooManyFiles, match=f"more than {MAX_FILES} attachments") as raised:
+        read_tnef(tnef_stream(files))
+    assert len(raised.value.files) == MAX_FILES
+    assert raised.value.files[-1].filename == f"f{MAX_FILES - 1}.txt"
 
 
 @given(st.binary(max_size=600))

@@ -20,6 +20,7 @@ from ticketflow.operators.attachment_types import (
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 DOCM = "application/vnd.ms-word.document.macroenabled.12"
+PPTM = "application/vnd.ms-powerpoint.presentation.macroenabled.12"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
@@ -62,6 +63,9 @@ def test_sniffs_signature(data: bytes, expected: str) -> None:
         (samples.jar_archive(), "application/java-archive"),
         (samples.zip_archive({"notes.txt": b"hello"}), "application/zip"),
         (b"PK\x05\x06" + b"\x00" * 18, "application/zip"),
+        (samples.macro_package("word"), DOCM),
+        (samples.macro_package("xl"), "application/vnd.ms-excel.sheet.macroenabled.12"),
+        (samples.macro_package("ppt"), PPTM),
     ],
 )
 def test_sniffs_zip_kind(data: bytes, expected: str) -> None:
@@ -174,6 +178,8 @@ def test_sniffer_survives_broken_containers(tail: bytes) -> None:
         ("text/xml", "application/xml"),
         ("application/ms-tnef", "application/vnd.ms-tnef"),
         ("application/pdf", "application/pdf"),
+        ("Application/X-DOSEXEC; name=x", "application/x-dosexec"),
+        ("image/JPG ;charset=binary", "image/jpeg"),
     ],
 )
 def test_canonical_type(alias: str, canonical: str) -> None:
@@ -189,7 +195,19 @@ def test_canonical_type(alias: str, canonical: str) -> None:
         ("application/octet-stream", "image/png", "image/png", False),
         ("", "application/pdf", "application/pdf", False),
         ("image/jpg", "image/jpeg", "image/jpeg", False),
-        ("image/png", None, "image/png", False),
+        ("image/png", None, "application/octet-stream", True),
+        ("application/pdf", None, "application/octet-stream", True),
+        (DOCX, None, "application/octet-stream", True),
+        ("application/zip", None, "application/octet-stream", True),
+        ("text/csv", None, "text/csv", False),
+        ("application/vnd.visio", None, "application/vnd.visio", False),
+        (DOCX, DOCM, DOCM, True),
+        ("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+         "application/vnd.ms-excel.sheet.macroenabled.12",
+         "application/vnd.ms-excel.sheet.macroenabled.12", True),
+        ("application/vnd.ms-word.template.macroenabled.12", DOCM,
+         "application/vnd.ms-word.template.macroenabled.12", False),
+        ("application/zip", DOCM, DOCM, False),
         ("", None, "application/octet-stream", False),
         ("text/csv", "text/plain", "text/csv", False),
         ("message/rfc822", "text/plain", "message/rfc822", False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,10 +22,12 @@ from tests.operators import attachment_samples as samples
 from tests.operators.attachment_samples import EICAR, EICAR_SIGNATURE, EicarScanner
 from ticketflow.config import AttachmentSettings, Settings
 from ticketflow.connectors.attachment_store import AttachmentStoreError, LocalAttachmentStore
+from ticketflow.connectors.clamd import ClamdStreamTooLarge, ClamdUnavailable
 from ticketflow.connectors.store import SqliteStore
 from ticketflow.flows.main import FlowContext, parse_record
 from ticketflow.model import DeadLetter, RawMessage
-from ticketflow.operators.attachments import AttachmentGovernor
+from ticketflow.operators.attachment_tnef import MAX_FILES as MAX_TNEF_FILES
+from ticketflow.operators.attachments import MAX_TNEF_DEPTH, AttachmentGovernor
 from ticketflow.operators.parse import _parse_message, decode_record, parse_message
 from ticketflow.runner import run_corpus
 
@@ -206,6 +209,41 @@ def test_allow_list_must_cover_sniffed_and_declared() -> None:
     assert wide["attachments"][0]["content_type"] == "text/csv"
 
 
+@pytest.mark.parametrize(
+    "declared", ["application/pdf", "image/png", "image/jpeg", DOCX, "application/zip"]
+)
+def test_declared_type_without_its_signature_fails_allow_list(declared: str) -> None:
+    unknown = b"\x00\x01\x02\x03 bytes of no known kind"
+    rules = governor(allow_types=("application/pdf", "image/*", DOCX, "application/zip"))
+    event = parse(mail(("file.bin", declared, unknown)), rules)
+    (attachment,) = event["attachments"]
+    assert attachment["content_type"] == "application/octet-stream"
+    assert attachment["refused"] == "type_not_allowed:application/octet-stream"
+    assert f"declared {declared}, content is application/octet-stream" in details(
+        event, "attachment_type_mismatch")[0]
+
+
+@pytest.mark.parametrize(
+    ("folder", "macro_type", "declared"),
+    [
+        ("xl", "application/vnd.ms-excel.sheet.macroenabled.12",
+         "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        ("word", "application/vnd.ms-word.document.macroenabled.12", DOCX),
+        ("ppt", "application/vnd.ms-powerpoint.presentation.macroenabled.12",
+         "application/octet-stream"),
+        ("xl", "application/vnd.ms-excel.sheet.macroenabled.12", "application/zip"),
+    ],
+)
+def test_macro_package_denied_whatever_its_declared_type(
+    folder: str, macro_type: str, declared: str
+) -> None:
+    rules = governor(deny_types=(macro_type,))
+    event = parse(mail(("report.x", declared, samples.macro_package(folder))), rules)
+    (attachment,) = event["attachments"]
+    assert attachment["content_type"] == macro_type
+    assert attachment["refused"] == f"type_denied:{macro_type}"
+
+
 def test_compatible_declaration_kept_without_defect() -> None:
     event = parse(mail(("notes.docx", DOCX, samples.zip_archive({"a.txt": b"x"}))), governor())
     assert event["attachments"][0]["content_type"] == DOCX
@@ -232,6 +270,22 @@ def test_unsafe_filenames_renamed_with_defects() -> None:
     assert len(renamed) == 6
     assert "'../../../etc/cron.d/backdoor' renamed 'backdoor'" in renamed[0]
     assert "\\u202e" in renamed[2]
+
+
+def test_names_differing_by_case_made_unique() -> None:
+    files = [("Report.txt", "text/plain", b"one\n"), ("report.TXT", "text/plain", b"two\n"),
+             ("REPORT (2).txt", "text/plain", b"three\n"), ("report.txt", "text/plain", b"4\n")]
+    event = parse(mail(*files), governor())
+    assert [a["filename"] for a in event["attachments"]] == [
+        "Report.txt", "report (2).TXT", "REPORT (2) (2).txt", "report (3).txt",
+    ]
+    assert len(details(event, "duplicate_filename")) == 3
+
+
+def test_json_event_names_made_unique() -> None:
+    event = decode_record(json_event(entry("a.txt", "text/plain", 1), entry("A.TXT", "text/plain",
+                                     1)), "k", INGESTED, governor=governor())
+    assert [a["filename"] for a in event["attachments"]] == ["a.txt", "A (2).TXT"]
 
 
 def test_safe_filename_has_no_defect() -> None:
@@ -296,6 +350,60 @@ def test_unreachable_scanner_refuses_and_pauses(tmp_path: Path) -> None:
     clock.now += 10
     parse(mail(*files), rules)
     assert scanner.attempts == 2
+
+
+class TimingOutScanner:
+    """A scanner whose daemon times out: each scan moves `clock` on by `timeout` seconds."""
+
+    def __init__(self, clock: Clock, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.attempts = 0
+
+    def scan(self, data: bytes) -> str | None:
+        self.attempts += 1
+        self.clock.now += self.timeout
+        raise ClamdUnavailable(f"clamd timed out after {self.timeout} s reading the reply")
+
+
+def test_scan_pause_starts_after_a_timed_out_scan() -> None:
+    clock = Clock()
+    scanner = TimingOutScanner(clock, timeout=30)
+    rules = AttachmentGovernor(AttachmentSettings(), scanner=scanner, clock=clock,
+                               scan_retry_seconds=10)
+    files = [(f"part{n}.txt", "text/plain", f"part {n}\n".encode()) for n in range(5)]
+    event = parse(mail(*files), rules)
+    assert [a["refused"] for a in event["attachments"]] == ["scan_unavailable"] * 5
+    assert scanner.attempts == 1
+    clock.now += 10
+    parse(mail(*files), rules)
+    assert scanner.attempts == 2
+
+
+class SizeLimitedScanner(samples.EicarScanner):
+    """A scanner whose daemon rejects streams longer than `limit` bytes, as clamd does."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def scan(self, data: bytes) -> str | None:
+        if len(data) > self.limit:
+            raise ClamdStreamTooLarge("clamd rejected the scan: INSTREAM size limit exceeded.")
+        return super().scan(data)
+
+
+def test_file_over_scanner_limit_refused_alone_without_pause() -> None:
+    scanner = SizeLimitedScanner(limit=100)
+    rules = AttachmentGovernor(AttachmentSettings(), scanner=scanner, clock=Clock())
+    files = [("big.txt", "text/plain", b"b" * 101), ("eicar.com", "application/octet-stream",
+             EICAR), ("small.txt", "text/plain", b"small\n")]
+    event = parse(mail(*files), rules)
+    assert [a["refused"] for a in event["attachments"]] == ["scan_too_large", None, None]
+    assert [a["quarantined"] for a in event["attachments"]] == [None, EICAR_SIGNATURE, None]
+    assert scanner.scanned == [EICAR, b"small\n"]
+    assert "INSTREAM size limit exceeded" in details(event, "scan_too_large")[0]
+    assert "scan_unavailable" not in codes(event)
 
 
 # -- store --------------------------------------------------------------------------------------
@@ -367,13 +475,76 @@ def test_winmail_dat_found_by_signature_alone() -> None:
     assert [a["filename"] for a in event["attachments"]] == ["a.txt"]
 
 
-def test_unreadable_winmail_dat_kept_with_defect() -> None:
+def test_unreadable_winmail_dat_refused_with_defect() -> None:
     event = parse((FIXTURES / "winmail_dat_truncated.eml").read_bytes(), governor())
+    container, report = event["attachments"]
+    assert container["filename"] == "winmail.dat"
+    assert container["content_type"] == "application/vnd.ms-tnef"
+    assert container["refused"] == "tnef_unreadable"
+    assert report["filename"] == "QUARTE~1.TXT"
+    assert "declares 96 bytes" in details(event, "tnef_unreadable")[0]
+
+
+def test_files_read_before_a_tnef_error_are_governed(tmp_path: Path) -> None:
+    unknown_type = struct.pack("<I", 1) + struct.pack("<HH", 0x0999, 0x1234)
+    winmail = samples.tnef_stream(
+        [samples.TnefAttachment("run.exe", samples.pe_executable()),
+         samples.TnefAttachment("notes.txt", b"notes\n")],
+        extra=samples.tnef_attribute(2, 0x9005, 0x0006, unknown_type),
+    )
+    rules = governor(tmp_path)
+    event = parse(mail(("winmail.dat", "application/ms-tnef", winmail)), rules)
+    assert [(a["filename"], a["refused"]) for a in event["attachments"]] == [
+        ("winmail.dat", "tnef_unreadable"),
+        ("run.exe", "type_denied:application/x-dosexec"),
+        ("notes.txt", None),
+    ]
+    assert rules.store is not None and rules.store.get(sha(winmail)) is None
+    assert "unknown MAPI property type 0x0999" in details(event, "tnef_unreadable")[0]
+
+
+def test_winmail_dat_over_file_limit_refused() -> None:
+    files = [samples.TnefAttachment(f"f{n}.txt", b"x") for n in range(MAX_TNEF_FILES)]
+    files.append(samples.TnefAttachment("run.exe", samples.pe_executable()))
+    event = parse(mail(("winmail.dat", "application/ms-tnef", samples.tnef_stream(files))),
+                  governor())
+    container = event["attachments"][0]
+    assert (container["filename"], container["refused"]) == ("winmail.dat", "tnef_too_many_files")
+    assert "run.exe" not in [a["filename"] for a in event["attachments"]]
+    assert "tnef_too_many_files" in codes(event)
+
+
+def nested_winmail(depth: int, innermost: bytes) -> bytes:
+    """Return `innermost` wrapped as winmail.dat inside `depth` TNEF streams."""
+    stream = samples.tnef_stream([samples.TnefAttachment("run.exe", innermost)])
+    for _ in range(depth - 1):
+        stream = samples.tnef_stream([samples.TnefAttachment("winmail.dat", stream,
+                                                             mime_tag="application/ms-tnef")])
+    return stream
+
+
+def test_nested_winmail_dat_unpacked() -> None:
+    winmail = nested_winmail(MAX_TNEF_DEPTH, samples.pe_executable())
+    event = parse(mail(("winmail.dat", "application/ms-tnef", winmail)), governor())
+    (attachment,) = event["attachments"]
+    assert attachment["filename"] == "run.exe"
+    assert attachment["refused"] == "type_denied:application/x-dosexec"
+
+
+def test_winmail_dat_nested_too_deep_refused() -> None:
+    winmail = nested_winmail(MAX_TNEF_DEPTH + 1, samples.pe_executable())
+    event = parse(mail(("winmail.dat", "application/ms-tnef", winmail)), governor())
     (attachment,) = event["attachments"]
     assert attachment["filename"] == "winmail.dat"
-    assert attachment["content_type"] == "application/vnd.ms-tnef"
-    assert attachment["refused"] is None
-    assert "kept as one file" in details(event, "tnef_unreadable")[0]
+    assert attachment["refused"] == "tnef_too_deep"
+    assert "tnef_too_deep" in codes(event)
+
+
+def test_empty_winmail_dat_leaves_defect() -> None:
+    event = parse(mail(("winmail.dat", "application/ms-tnef", samples.tnef_stream([]))),
+                  governor())
+    assert event["attachments"] == []
+    assert "'winmail.dat' carries no files" in details(event, "tnef_empty")[0]
 
 
 def test_tnef_unpacking_can_be_turned_off() -> None:
@@ -534,6 +705,43 @@ def test_json_event_governed_by_declared_metadata() -> None:
     assert event["html"] == "<p>hi</p>"
     assert "unsafe_filename" in codes(dict(event))
     jsonschema.validate(event, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "file:///etc/passwd", "ftp://upstream.example/a", 7,
+            "https://upstream.example/a b"],
+)
+def test_json_event_non_http_download_url_dropped(url: Any) -> None:
+    event = decode_record(json_event(entry("a.png", "image/png", 4, download_url=url)), "k",
+                          INGESTED)
+    assert event["attachments"][0]["download_url"] is None
+    assert any("download_url" in detail for detail in details(dict(event), "invalid_field"))
+
+
+def test_json_upstream_image_link_dropped() -> None:
+    pixel = entry("pixel.png", "image/png", 4, content_id="px@x",
+                  download_url="https://tracker.example/p.png")
+    html = '<img src="cid:px@x" alt="a"><img src="https://tracker.example/p.png" alt="b">'
+    event = decode_record(json_event(pixel, html=html), "k", INGESTED, governor=governor())
+    assert "tracker.example" not in event["html"]
+    assert event["attachments"][0]["download_url"] == "https://tracker.example/p.png"
+
+
+def test_json_base_url_image_kept() -> None:
+    url = "https://files.example.com/tf/ab/cd/" + "a" * 64
+    shot = entry("shot.png", "image/png", 4, content_id="shot@x", download_url=url)
+    rules = governor(base_url="https://files.example.com/tf")
+    event = decode_record(json_event(shot, html='<img src="cid:shot@x">'), "k", INGESTED,
+                          governor=rules)
+    assert f'src="{url}"' in event["html"]
+
+
+def test_json_type_parameters_ignored_by_deny() -> None:
+    event = decode_record(json_event(entry("x", "Application/X-DOSEXEC; name=x", 4)), "k",
+                          INGESTED, governor=governor())
+    (attachment,) = event["attachments"]
+    assert attachment["content_type"] == "application/x-dosexec"
+    assert attachment["refused"] == "type_denied:application/x-dosexec"
 
 
 # -- the flow's parse step ----------------------------------------------------------------------
