@@ -129,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     deliver.set_defaults(handler=_cmd_deliver)
 
     search = commands.add_parser("search", help="full-text search over ticket subjects and texts (PostgreSQL store)")
-    search.add_argument("query", help='words to find, web-search style: "refund 500", -word, "a phrase", or')
+    search.add_argument("query", help='words to find, web-search style: "charged twice", -word, '
+                        '"a phrase", a OR b')
     search.add_argument("--store", default=DEFAULT_STORE_URL, help="ticket store URL (postgresql://…)")
     search.add_argument("--tenant", help="only this tenant's tickets")
     search.add_argument("--limit", type=int, default=20, help="maximum number of tickets to list (default 20)")
@@ -414,6 +415,10 @@ def _cmd_redrive(args: argparse.Namespace) -> int:
         result = _redrive_topic(args)
     else:
         result = _redrive_store(args)
+        if result["skipped_without_bytes"]:
+            print(f"ticketflow: {result['skipped_without_bytes']} dead letters kept no original bytes "
+                  "(too_large, for example); run their source again with `ticketflow run --input SOURCE`",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -40,7 +40,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ticketflow.config import TracingSettings
+from ticketflow.config import ConfigError, TracingSettings
 from ticketflow.model import DeadLetter, Event, RawMessage
 from ticketflow.outcome import Outcome
 
@@ -206,7 +206,7 @@ def open_flow_tracer(settings: TracingSettings, provider: Any = None) -> FlowTra
     `provider` is an OpenTelemetry tracer provider (a test passes one with an
     in-memory exporter). Without one, the first traced run of the process installs
     an SDK provider with the exporter `settings` names as the global provider.
-    Raises `RuntimeError` naming the extra to install when the SDK is missing.
+    Raises `ConfigError` naming the extra to install when the SDK is missing.
     """
     if not settings.enabled:
         return None
@@ -225,7 +225,7 @@ def install_sdk_provider(settings: TracingSettings) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
-        raise RuntimeError(
+        raise ConfigError(
             "[tracing] enabled = true needs the OpenTelemetry SDK: "
             "pip install 'ticketflow[tracing]', or set enabled = false"
         ) from exc
@@ -246,7 +246,7 @@ def _exporter(settings: TracingSettings) -> Any:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as exc:
-        raise RuntimeError(
+        raise ConfigError(
             "[tracing] exporter = \"otlp\" needs opentelemetry-exporter-otlp-proto-http: "
             "pip install 'ticketflow[tracing]', or use exporter = \"console\""
         ) from exc
