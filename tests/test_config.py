@@ -235,3 +235,21 @@ def test_jira_labels_have_no_spaces():
     with pytest.raises(ConfigError, match=r"'sink.rules\[0\].labels'.*'needs triage'.*'needs-triage'"):
         settings_from_mapping({"sink": {"kind": "jira", "jira": {"url": "https://j.example"},
                                         "rules": [{"labels": ["needs triage"]}]}})
+
+
+def test_check_config_reports_missing_secrets(tmp_path, capsys, monkeypatch):
+    from ticketflow.cli import main
+
+    config = tmp_path / "sink.toml"
+    config.write_text('[sink]\nkind = "zendesk"\n[sink.zendesk]\nurl = "https://acme.zendesk.com"\n'
+                      '[kafka]\n"sasl.password_env" = "TICKETFLOW_KAFKA_PASSWORD"\n')
+    monkeypatch.delenv("TICKETFLOW_ZENDESK_TOKEN", raising=False)
+    monkeypatch.setenv("TICKETFLOW_KAFKA_PASSWORD", "set")
+
+    assert main(["check-config", str(config)]) == 1
+    errors = capsys.readouterr().err
+    assert "'sink.zendesk.token_env' names the environment variable TICKETFLOW_ZENDESK_TOKEN" in errors
+    assert "KAFKA" not in errors
+
+    monkeypatch.setenv("TICKETFLOW_ZENDESK_TOKEN", "token")
+    assert main(["check-config", str(config)]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -520,7 +521,31 @@ def _cmd_top(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     print(json.dumps(settings_as_dict(settings), indent=2))
-    return 0
+    missing = _missing_secrets(settings)
+    for message in missing:
+        print(f"ticketflow: {message}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _missing_secrets(settings: Any) -> list[str]:
+    """Say which TICKETFLOW_* variables the config names for secrets but this shell lacks."""
+    named: list[tuple[str, str]] = [
+        (f"kafka.{key}", value) for key, value in settings.kafka.settings if key.endswith("_env")
+    ]
+    if settings.state.redis_url_env:
+        named.append(("state.redis_url_env", settings.state.redis_url_env))
+    secret_of_sink = {"jira": "token_env", "zendesk": "token_env",
+                      "servicenow": "password_env", "webhook": "secret_env"}
+    kind = settings.sink.kind
+    if kind in secret_of_sink:
+        key = secret_of_sink[kind]
+        named.append((f"sink.{kind}.{key}", getattr(getattr(settings.sink, kind), key)))
+    return [
+        f"'{setting}' names the environment variable {variable}, which is not set here; "
+        f"export it with the secret before `ticketflow run`"
+        for setting, variable in named
+        if not os.environ.get(variable)
+    ]
 
 
 def _ticket_table(tickets: list[dict[str, Any]]) -> str:
