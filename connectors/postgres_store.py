@@ -263,6 +263,7 @@ class PostgresStore:
         self,
         url: str,
         *,
+        existing: bool = False,
         connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -282,6 +283,8 @@ class PostgresStore:
                 "that the user, password (PGPASSWORD or ~/.pgpass) and database name are right"
             ) from exc
         try:
+            if existing:
+                self._require_existing()
             self._migrate()
         except BaseException:
             self._db.close()
@@ -330,6 +333,17 @@ class PostgresStore:
                     yield cursor
 
     # -- schema ----------------------------------------------------------------
+
+    def _require_existing(self) -> None:
+        """Raise `StoreError` unless the schema already holds a store (for commands that only read)."""
+        row = self._db.execute(
+            "SELECT to_regclass(format('%%I.schema_version', %s::text))", (self.schema,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise StoreError(
+                f"no store in schema {self.schema!r} of {self.url}: run `ticketflow run --store "
+                f"{self.url}` first, or check --store"
+            )
 
     def _migrate(self) -> None:
         try:

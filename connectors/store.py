@@ -163,8 +163,9 @@ def open_store(url: str, *, existing: bool = False) -> TicketStore:
     """Open the store a URL names: `sqlite:///PATH` or `postgresql://…` (also `postgres://…`).
 
     A PostgreSQL URL may end in `?schema=NAME` to keep the tables in a schema of
-    their own. With `existing`, a SQLite file that does not exist yet is an error
-    instead of a new empty store (for commands that only read). Raises
+    their own. With `existing`, a SQLite file or PostgreSQL schema that holds no
+    store yet is an error instead of a new empty store (for commands that only
+    read). Raises
     `StoreError` for a URL of another form, a server that cannot be reached, or a
     missing psycopg.
     """
@@ -176,14 +177,14 @@ def open_store(url: str, *, existing: bool = False) -> TicketStore:
             )
         return SqliteStore(path)
     if url.startswith(("postgresql://", "postgres://")):
-        return _open_postgres_store(url)
+        return _open_postgres_store(url, existing)
     raise StoreError(
         f"invalid store URL {url!r}: expected sqlite:///PATH.db "
         "(three slashes, then a relative or absolute path) or postgresql://USER@HOST:PORT/DATABASE"
     )
 
 
-def _open_postgres_store(url: str) -> TicketStore:
+def _open_postgres_store(url: str, existing: bool = False) -> TicketStore:
     # Imported here, so that SQLite users need not install psycopg.
     try:
         from ticketflow.connectors.postgres_store import PostgresStore
@@ -194,7 +195,7 @@ def _open_postgres_store(url: str) -> TicketStore:
             "the PostgreSQL store needs psycopg 3, which is not installed; "
             "run `pip install 'psycopg[binary]'`"
         ) from exc
-    return PostgresStore(url)
+    return PostgresStore(url, existing=existing)
 
 
 def store_error_is_transient(exc: BaseException) -> bool:

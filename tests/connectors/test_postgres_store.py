@@ -65,6 +65,18 @@ def test_postgres_url_opens_postgres_store(postgres_schemas, scheme):
         store.close()
 
 
+def test_reading_a_schema_without_a_store_is_an_error_and_creates_nothing(postgres_schemas):
+    schema = postgres_schemas()
+    with pytest.raises(StoreError, match=rf"no store in schema '{schema}'.*ticketflow run --store"):
+        open_store(store_url(schema), existing=True)
+    with psycopg.connect(POSTGRES_URL) as db:
+        found = db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    assert found is None
+
+    open_store(store_url(schema)).close()
+    open_store(store_url(schema), existing=True).close()
+
+
 def test_unreachable_server_names_url_without_password():
     url = f"postgresql://postgres:s3cret@127.0.0.1:{closed_port()}/test?schema=tf_x"
     with pytest.raises(StoreError) as raised:
