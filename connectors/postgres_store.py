@@ -51,18 +51,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from ticketflow.connectors.store import (
-    COUNT_ATTEMPT,
-    DELIVERY_COUNTS,
-    DELIVERY_DETAIL,
-    PENDING_DELIVERIES,
     CLEAR_DEAD_LETTERS,
-    CLEAR_SINK_REJECTIONS,
-    RETRY_REJECTED,
-    UPSERT_DELIVERY,
-    PendingDelivery,
+    DeliveryQueue,
     dead_letter_document,
     merge_detail,
-    pending_delivery,
     StoreError,
     _key_number,
     _message_documents,
@@ -251,7 +243,7 @@ def store_location(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
 
 
-class PostgresStore:
+class PostgresStore(DeliveryQueue):
     """Tickets in a PostgreSQL schema, one transaction per batch, safe for many writers.
 
     Each store object has one connection, which the worker threads of a process
@@ -421,17 +413,20 @@ class PostgresStore:
             _refresh_tickets(cursor, touched, now)
             _assign_pending_keys(cursor)
 
-    # -- deliveries to external sinks -----------------------------------------
+    # -- deliveries to external sinks (the rest is `DeliveryQueue`'s) ----------
 
-    def deliver_to(self, sinks: tuple[str, ...]) -> None:
-        """Queue a delivery for each of these sinks with every message written from now on."""
-        self._sinks = tuple(sinks)
-
-    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
-        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+    def _query(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
-            rows = self._connection().execute(_dialect(PENDING_DELIVERIES), (sink, limit)).fetchall()
-        return [pending_delivery(row) for row in rows]
+            return self._connection().execute(_dialect(statement), params).fetchall()
+
+    def _change(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        with self._transaction() as cursor:
+            for statement, params in statements:
+                cursor.execute(_dialect(statement), params)
+            return cursor.rowcount
+
+    def _now(self) -> str:
+        return format_timestamp(self._clock())
 
     def ticket(self, ticket_id: str) -> dict[str, Any] | None:
         """Return one ticket in the design's shape, following merges, or None."""
@@ -477,36 +472,6 @@ class PostgresStore:
             if human_key and key != ref and taken is None:
                 cursor.execute("UPDATE tickets SET key = %s WHERE ticket_id = %s", (ref, ticket_id))
             _put_ref(cursor, tenant, ref, ticket_id, "key")
-
-    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
-        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
-        now = format_timestamp(self._clock())
-        with self._transaction() as cursor:
-            cursor.execute(_dialect(UPSERT_DELIVERY), (sink, tenant, item, state, detail, now))
-
-    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
-        """Return the detail kept with an item, or None when there is no such item."""
-        with self._lock:
-            row = self._connection().execute(_dialect(DELIVERY_DETAIL), (sink, tenant, item)).fetchone()
-        return None if row is None else str(row[0])
-
-    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
-        """Note that a delivery was tried and its outcome is unknown."""
-        with self._transaction() as cursor:
-            cursor.execute(_dialect(COUNT_ATTEMPT), (sink, tenant, item))
-
-    def delivery_counts(self, sink: str) -> dict[str, int]:
-        """Count the sink's message and merge deliveries by state."""
-        with self._lock:
-            rows = self._connection().execute(_dialect(DELIVERY_COUNTS), (sink,)).fetchall()
-        return {state: int(count) for state, count in rows}
-
-    def retry_rejected(self, sink: str) -> int:
-        """Make the sink's rejected deliveries pending again, clearing their dead letters; return how many."""
-        with self._transaction() as cursor:
-            cursor.execute(_dialect(CLEAR_SINK_REJECTIONS))
-            cursor.execute(_dialect(RETRY_REJECTED), (sink,))
-            return cursor.rowcount
 
     # -- the ledger, for the thread join --------------------------------------
 

@@ -368,6 +368,57 @@ CLEAR_DEAD_LETTERS = "DELETE FROM dead_letters WHERE source = ? AND reason <> 's
 CLEAR_SINK_REJECTIONS = "DELETE FROM dead_letters WHERE reason = 'sink_rejected'"
 
 
+class DeliveryQueue:
+    """The `DeliveryLedger` methods both stores share, written once over two hooks.
+
+    A store supplies `_query(statement, params)`, which returns the rows of a
+    read, and `_change(statements)`, which runs (statement, params) pairs in one
+    transaction and returns the row count of the last one. Statements use "?"
+    placeholders, which the PostgreSQL store converts. `_now()` gives the time
+    written with each change.
+    """
+
+    _sinks: tuple[str, ...] = ()
+
+    def _query(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _change(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        raise NotImplementedError
+
+    def _now(self) -> str:
+        return format_timestamp(utc_now())
+
+    def deliver_to(self, sinks: tuple[str, ...]) -> None:
+        """Queue a delivery for each of these sinks with every message written from now on."""
+        self._sinks = tuple(sinks)
+
+    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
+        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+        return [pending_delivery(row) for row in self._query(PENDING_DELIVERIES, (sink, limit))]
+
+    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
+        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
+        self._change([(UPSERT_DELIVERY, (sink, tenant, item, state, detail, self._now()))])
+
+    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
+        """Return the detail kept with an item, or None when there is no such item."""
+        rows = self._query(DELIVERY_DETAIL, (sink, tenant, item))
+        return str(rows[0][0]) if rows else None
+
+    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
+        """Note that a delivery was tried and its outcome is unknown."""
+        self._change([(COUNT_ATTEMPT, (sink, tenant, item))])
+
+    def delivery_counts(self, sink: str) -> dict[str, int]:
+        """Count the sink's message and merge deliveries by state."""
+        return {state: int(count) for state, count in self._query(DELIVERY_COUNTS, (sink,))}
+
+    def retry_rejected(self, sink: str) -> int:
+        """Make the sink's rejected deliveries pending again, clearing their dead letters; return how many."""
+        return self._change([(CLEAR_SINK_REJECTIONS, ()), (RETRY_REJECTED, (sink,))])
+
+
 def key_prefix(tenant: str) -> str:
     """Return the human key prefix of a tenant: upper-case letters and digits, 2–10 long."""
     prefix = re.sub(r"[^A-Z0-9]", "", tenant.upper())
@@ -381,7 +432,7 @@ def dead_letter_id(letter: DeadLetter) -> str:
     return hashlib.sha256(f"{letter.source}\n{letter.reason}".encode()).hexdigest()[:32]
 
 
-class SqliteStore:
+class SqliteStore(DeliveryQueue):
     """Tickets in one SQLite file, written in WAL mode, one transaction per batch.
 
     One connection is shared by the worker threads of a process behind a lock.
@@ -477,17 +528,18 @@ class SqliteStore:
                 _refresh_ticket(db, ticket_id, now)
             _assign_pending_keys(db)
 
-    # -- deliveries to external sinks -----------------------------------------
+    # -- deliveries to external sinks (the rest is `DeliveryQueue`'s) ----------
 
-    def deliver_to(self, sinks: tuple[str, ...]) -> None:
-        """Queue a delivery for each of these sinks with every message written from now on."""
-        self._sinks = tuple(sinks)
-
-    def pending_deliveries(self, sink: str, limit: int) -> list[PendingDelivery]:
-        """Return up to `limit` pending deliveries of `sink`, oldest first."""
+    def _query(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
-            rows = self._db.execute(PENDING_DELIVERIES, (sink, limit)).fetchall()
-        return [pending_delivery(row) for row in rows]
+            return self._db.execute(statement, params).fetchall()
+
+    def _change(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        with self._transaction() as db:
+            count = 0
+            for statement, params in statements:
+                count = db.execute(statement, params).rowcount
+            return count
 
     def ticket(self, ticket_id: str) -> dict[str, Any] | None:
         """Return one ticket in the design's shape, following merges, or None."""
@@ -518,35 +570,6 @@ class SqliteStore:
             if human_key and key != ref and not _key_taken(db, ref):
                 db.execute("UPDATE tickets SET key = ? WHERE ticket_id = ?", (ref, ticket_id))
             db.execute("INSERT OR REPLACE INTO ticket_refs VALUES (?, ?, ?, 'key')", (tenant, ref, ticket_id))
-
-    def record_delivery(self, sink: str, tenant: str, item: str, state: str, detail: str = "") -> None:
-        """Set an item's state ("pending", "done", "rejected") and detail, adding it if new."""
-        now = format_timestamp(utc_now())
-        with self._transaction() as db:
-            db.execute(UPSERT_DELIVERY, (sink, tenant, item, state, detail, now))
-
-    def delivery_detail(self, sink: str, tenant: str, item: str) -> str | None:
-        """Return the detail kept with an item, or None when there is no such item."""
-        with self._lock:
-            row = self._db.execute(DELIVERY_DETAIL, (sink, tenant, item)).fetchone()
-        return None if row is None else str(row[0])
-
-    def count_attempt(self, sink: str, tenant: str, item: str) -> None:
-        """Note that a delivery was tried and its outcome is unknown."""
-        with self._transaction() as db:
-            db.execute(COUNT_ATTEMPT, (sink, tenant, item))
-
-    def delivery_counts(self, sink: str) -> dict[str, int]:
-        """Count the sink's message and merge deliveries by state."""
-        with self._lock:
-            rows = self._db.execute(DELIVERY_COUNTS, (sink,)).fetchall()
-        return {state: int(count) for state, count in rows}
-
-    def retry_rejected(self, sink: str) -> int:
-        """Make the sink's rejected deliveries pending again, clearing their dead letters; return how many."""
-        with self._transaction() as db:
-            db.execute(CLEAR_SINK_REJECTIONS)
-            return db.execute(RETRY_REJECTED, (sink,)).rowcount
 
     # -- the ledger, for the thread join --------------------------------------
 
