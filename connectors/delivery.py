@@ -266,9 +266,11 @@ class Delivery:
 
     def _open_tickets_in_bulk(self, pending: list[Any]) -> None:
         documents: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
         for item in pending:
-            if item.message is None or item.ticket_id is None:
+            if item.message is None or item.ticket_id is None or item.ticket_id in seen:
                 continue
+            seen.add(item.ticket_id)
             document = self.store.ticket(item.ticket_id)
             if document is None or self.sink.name in document["external"]:
                 continue
@@ -335,19 +337,21 @@ class Delivery:
         ref = document["external"].get(self.sink.name)
 
         if ref is None:
+            # The create sends the current fields and remembers them, so no update follows.
             ref, found = self._open_ticket(document, ticket)
             if ticket.first_message.event_id == message.event_id:
                 self._attach(ref, ticket, message)
             else:
                 self._attach(ref, ticket, ticket.first_message)
                 self._comment(ref, ticket, message, verify=found or item.attempts > 0)
-        else:
-            remembered = self._remembered(document)
-            if remembered.get("description") != message.event_id:
-                # A ticket found rather than created may hold this comment already (a replay).
-                verify = item.attempts > 0 or bool(remembered.get("found"))
-                self._comment(ref, ticket, message, verify=verify)
-        self._sync_fields(ref, document, ticket)
+            return
+
+        remembered = self._remembered(document)
+        if remembered.get("description") != message.event_id:
+            # A ticket found rather than created may contain this comment already (a replay).
+            verify = item.attempts > 0 or bool(remembered.get("found"))
+            self._comment(ref, ticket, message, verify=verify)
+        self._sync_fields(ref, document, ticket, remembered)
 
     def _comment(self, ref: str, ticket: SinkTicket, message: SinkMessage, verify: bool) -> None:
         self.sink.add_comment(ref, ticket, message, verify)
@@ -385,9 +389,10 @@ class Delivery:
 
     # -- ticket fields and merges -------------------------------------------------
 
-    def _sync_fields(self, ref: str, document: dict[str, Any], ticket: SinkTicket) -> None:
+    def _sync_fields(
+        self, ref: str, document: dict[str, Any], ticket: SinkTicket, remembered: dict[str, Any]
+    ) -> None:
         """Send `update_ticket` when status, reasons, priority or subject changed since last sent."""
-        remembered = self._remembered(document)
         fingerprint = _fingerprint(document)
         if remembered.get("fields") == fingerprint:
             return
