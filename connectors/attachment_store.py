@@ -166,13 +166,18 @@ def _sync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
+def open_attachment_store(settings: AttachmentSettings) -> LocalAttachmentStore | None:
+    """Open the store `[attachments] store` names, or None when it names none."""
+    return LocalAttachmentStore(settings.store, settings.base_url) if settings.store else None
+
+
 def attachment_governor(settings: AttachmentSettings) -> AttachmentGovernor:
     """Build the governor for `[attachments]`, with a local store and clamd when they are set.
 
     Raises `AttachmentStoreError` when the store folder cannot be created, and
     ValueError for a clamd address of the wrong form.
     """
-    store = LocalAttachmentStore(settings.store, settings.base_url) if settings.store else None
+    store = open_attachment_store(settings)
     scanner: MalwareScanner | None = None
     if settings.clamd:
         from ticketflow.connectors.clamd import ClamdScanner

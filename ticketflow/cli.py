@@ -315,14 +315,15 @@ def _merged_deliveries(
 
 def _drain_sink(settings: Any, store_url: str, retry_rejected: bool = False) -> dict[str, Any] | None:
     """Send the store's pending deliveries to the configured sink; None when there is no sink."""
-    from ticketflow.runner import attachment_store_for, drain_deliveries
+    from ticketflow.connectors.attachment_store import open_attachment_store
+    from ticketflow.runner import drain_deliveries
     from ticketflow.connectors.delivery import open_delivery
 
     if settings.sink.kind == "none":
         return None
     store = open_store(store_url, existing=True)
     try:
-        delivery = open_delivery(settings, store, attachment_store_for(settings))
+        delivery = open_delivery(settings, store, open_attachment_store(settings.attachments))
         assert delivery is not None
         try:
             queued = store.retry_rejected(delivery.sink.name) if retry_rejected else 0

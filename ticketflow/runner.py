@@ -225,20 +225,12 @@ def _open_delivery(
     store.deliver_to((sink.name if sink is not None else settings.sink.kind,))
     if process_id not in (None, 0):
         return None
+    from ticketflow.connectors.attachment_store import open_attachment_store
     from ticketflow.connectors.delivery import Delivery
     from ticketflow.connectors.sink import open_sink
 
     sink = sink or open_sink(settings)
-    return Delivery(sink, store, settings, attachments=attachment_store_for(settings), metrics=metrics)
-
-
-def attachment_store_for(settings: Settings) -> Any:
-    """Open the attachment store `[attachments] store` names, or None."""
-    if not settings.attachments.store:
-        return None
-    from ticketflow.connectors.attachment_store import LocalAttachmentStore
-
-    return LocalAttachmentStore(Path(settings.attachments.store), settings.attachments.base_url)
+    return Delivery(sink, store, settings, attachments=open_attachment_store(settings.attachments), metrics=metrics)
 
 
 # Seconds a stopped (SIGTERM) run still spends sending its backlog.
