@@ -66,7 +66,7 @@ MAX_UNAVAILABLE_PAUSE = 60.0
 BACKLOG_GAUGE_INTERVAL = 5.0
 # Minimum pause after a 429, so "Retry-After: 0" does not make a busy loop.
 MIN_RATE_LIMIT_PAUSE = 0.1
-# Statuses that say the credentials are wrong: no message is at fault, so every
+# Statuses meaning the credentials are wrong: no message is at fault, so every
 # item stays pending (and the account is not locked by one failed login per item).
 CREDENTIAL_STATUSES = frozenset({401, 407})
 

@@ -1,7 +1,7 @@
 """The HTTP client every external sink shares: timeouts, retries, and errors the delivery understands.
 
 `SinkHttpClient.request` sends one request and returns the response of a 2xx
-status. It turns every other answer into the errors of `ticketflow.connectors.sink`:
+status. It turns every other response into the errors of `ticketflow.connectors.sink`:
 
 - 429 raises `RateLimited` at once with the Retry-After delay (seconds or an
   HTTP date; 1 second when the header is missing or unreadable). It never

@@ -327,7 +327,7 @@ class PostgresStore(DeliveryQueue):
     # -- schema ----------------------------------------------------------------
 
     def _require_existing(self) -> None:
-        """Raise `StoreError` unless the schema already holds a store (for commands that only read)."""
+        """Raise `StoreError` unless the schema already contains a store (for commands that only read)."""
         row = self._db.execute(
             "SELECT to_regclass(format('%%I.schema_version', %s::text))", (self.schema,)
         ).fetchone()

@@ -163,7 +163,7 @@ def open_store(url: str, *, existing: bool = False) -> TicketStore:
     """Open the store a URL names: `sqlite:///PATH` or `postgresql://…` (also `postgres://…`).
 
     A PostgreSQL URL may end in `?schema=NAME` to keep the tables in a schema of
-    their own. With `existing`, a SQLite file or PostgreSQL schema that holds no
+    their own. With `existing`, a SQLite file or PostgreSQL schema that contains no
     store yet is an error instead of a new empty store (for commands that only
     read). Raises
     `StoreError` for a URL of another form, a server that cannot be reached, or a

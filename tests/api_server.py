@@ -4,7 +4,7 @@ Each API mock (Jira, Zendesk, ServiceNow, a webhook receiver) subclasses
 `ApiServer`, registers its routes with `route`, and keeps the system's state in
 plain attributes the tests read. Faults are queued with `fail_next`: the next
 matching requests get that status (429 with Retry-After, 500, 503, 401, …)
-before the route runs, so a test can show what a sink does with each answer.
+before the route runs, so a test can show what a sink does with each response.
 Every request is recorded in `requests` (method, path, query, headers, body).
 
     with JiraApi() as api:
@@ -41,7 +41,7 @@ class ApiRequest:
 
 @dataclass
 class ApiAnswer:
-    """What a route answers: a status, a JSON-able body (or raw bytes), extra headers."""
+    """The response of a route: a status, a JSON-able body (or raw bytes), extra headers."""
 
     status: int = 200
     body: Any = None

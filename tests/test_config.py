@@ -179,7 +179,7 @@ def test_sink_secret_variable_must_be_a_ticketflow_one():
         settings_from_mapping({"sink": {"jira": {"token_env": "JIRA_TOKEN"}}})
 
 
-def test_mapping_rules_are_read_as_a_list_of_tables():
+def test_mapping_rules_list_of_tables():
     settings = settings_from_mapping({"sink": {
         "kind": "jira", "jira": {"url": "https://jira.example.com"},
         "rules": [{"when": {"tenant": ["acme"], "priority": ["P0", "P1"]}, "project": "PAY"}],
@@ -199,7 +199,7 @@ def test_mapping_rule_field_of_another_system_is_refused():
                                         "rules": [{"assignment_group": "L2"}]}})
 
 
-def test_mapping_rule_condition_on_an_unknown_priority_is_refused():
+def test_rule_unknown_priority_rejected():
     with pytest.raises(ConfigError, match=r"'sink.rules\[0\].when.priority'.*'P7'.*P0 to P4"):
         settings_from_mapping({"sink": {"rules": [{"when": {"priority": ["P7"]}}]}})
 

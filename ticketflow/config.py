@@ -208,7 +208,7 @@ class JiraSettings:
     user: str = ""
     # TICKETFLOW_* variable holding the API token or password.
     token_env: str = "TICKETFLOW_JIRA_TOKEN"
-    # Project key and issue type of new issues, unless a mapping rule says otherwise.
+    # Project key and issue type of new issues, unless a mapping rule sets them.
     project: str = "SUP"
     issue_type: str = "Task"
     # Custom field (customfield_NNNNN) holding ticketflow's ticket id, so a restart finds
@@ -244,7 +244,7 @@ class ServiceNowSettings:
     url: str = ""
     user: str = ""
     password_env: str = "TICKETFLOW_SERVICENOW_PASSWORD"
-    # Defaults for new incidents, unless a mapping rule says otherwise.
+    # Defaults for new incidents, unless a mapping rule sets them.
     assignment_group: str = ""
     category: str = "inquiry"
     # Impact (1 high to 3 low) per priority; empty entries use 1, 1, 2, 3, 3.
@@ -309,7 +309,7 @@ class SinkSettings:
     max_backlog: int = 10_000
     # Seconds one HTTP request may take.
     timeout: float = 10.0
-    # Tries of one request on timeouts, connection errors and 5xx answers.
+    # Tries of one request on timeouts, connection errors and 5xx responses.
     retries: int = 4
     # First delay between tries in seconds; it doubles per try.
     backoff: float = 0.5
@@ -324,7 +324,7 @@ class SinkSettings:
 
 @dataclass(frozen=True)
 class AttachmentSettings:
-    """What happens to attachments before a ticket sees them."""
+    """Checks and storage applied to attachments before they reach a ticket."""
 
     # Folder of the content-addressed attachment store; "" keeps no attachment bytes
     # (the event lists attachments by name, type, size and SHA-256 only).

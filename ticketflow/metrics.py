@@ -334,7 +334,7 @@ class FlowMetrics:
                 self.attachments.labels("accepted").inc()
 
     def sink_opened(self, sink: str) -> None:
-        """Create the series of a sink at zero, so `rate()` sees its first deliveries."""
+        """Create the series of a sink at zero, so `rate()` counts its first deliveries."""
         for result in SINK_RESULTS:
             self.sink_deliveries.labels(sink, result)
         self.sink_backlog.labels(sink)

@@ -3,8 +3,8 @@
 It follows the sink contract of `ticketflow.connectors.sink`: tickets are found
 by external id, comments carry their marker, and `verify=True` skips a comment
 already there. `fail` queues errors for the next calls of an operation, and
-`lose_answer` makes the next create happen and then fail as if its answer was
-lost, so tests can show what a retry does. The real sinks are tested against
+`lose_answer` makes the next create happen and then fail as if its response
+was lost, so tests can show what a retry does. The real sinks are tested against
 HTTP servers that follow each API (tests/connectors/*_api.py).
 """
 
@@ -50,7 +50,7 @@ class MemorySink:
         self._failures.setdefault(operation, []).extend(errors)
 
     def lose_answer(self) -> None:
-        """Make the next create happen, then raise as if its answer never arrived."""
+        """Make the next create happen, then raise as if its response never arrived."""
         self._lose_next_answer = True
 
     def by_external_id(self, external_id: str) -> MemoryTicket | None:

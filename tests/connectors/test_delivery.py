@@ -50,7 +50,7 @@ def stored_message_count(store) -> int:
     return sum(len(ticket["messages"]) for ticket in store.tickets())
 
 
-def test_sample_corpus_reaches_the_sink_once_per_ticket_and_message(store):
+def test_sample_corpus_delivered_once(store):
     sink = MemorySink()
     summary = run_corpus(SAMPLE, load_settings(SAMPLE / "ticketflow.toml"), store, sink=sink)
 
@@ -63,7 +63,7 @@ def test_sample_corpus_reaches_the_sink_once_per_ticket_and_message(store):
     assert summary.deliveries["rejected"] == 0
 
 
-def test_same_corpus_twice_into_one_store_sends_nothing_new(store):
+def test_second_run_sends_nothing(store):
     sink = MemorySink()
     settings = load_settings(SAMPLE / "ticketflow.toml")
     run_corpus(SAMPLE, settings, store, sink=sink)
@@ -74,7 +74,7 @@ def test_same_corpus_twice_into_one_store_sends_nothing_new(store):
     assert len(sink.calls) == calls
 
 
-def test_replay_into_a_new_store_finds_tickets_and_comments_instead_of_repeating(backend):
+def test_replay_into_new_store_repeats_nothing(backend):
     sink = MemorySink()
     settings = load_settings(SAMPLE / "ticketflow.toml")
     run_corpus(SAMPLE, settings, backend.open(), sink=sink)
@@ -130,7 +130,7 @@ def test_drain_waits_out_retry_after(store):
     assert sum(clock.slept) == 4.0
 
 
-def test_drain_gives_up_at_its_timeout_and_leaves_items_pending(store):
+def test_drain_timeout_leaves_items_pending(store):
     sink = MemorySink()
     clock = FakeClock()
     delivery = Delivery(sink, store, sample_settings(drain_timeout=5.0), clock=clock, sleep=clock.sleep)
@@ -143,7 +143,7 @@ def test_drain_gives_up_at_its_timeout_and_leaves_items_pending(store):
     assert sink.tickets == {}
 
 
-def test_rejected_message_becomes_a_dead_letter_with_the_answer(store):
+def test_rejection_becomes_dead_letter(store):
     sink = MemorySink()
     delivery = Delivery(sink, store, sample_settings())
     answer = 'POST /tickets: {"errors": {"project": "project is required"}}'
@@ -154,7 +154,8 @@ def test_rejected_message_becomes_a_dead_letter_with_the_answer(store):
 
     letters = store.dead_letters()
     assert [(letter["reason"], letter["source"]) for letter in letters] == [("sink_rejected", "/corpus/a@x.eml")]
-    assert "project is required" in letters[0]["detail"] and "HTTP 400" in letters[0]["detail"]
+    assert "project is required" in letters[0]["detail"]
+    assert "HTTP 400" in letters[0]["detail"]
     assert store.delivery_counts("memory") == {"rejected": 1, "done": 1}
     assert delivery.counts.rejected == 1
 
@@ -222,7 +223,7 @@ def test_unavailable_sink_backs_off_more_each_time(store):
     assert len(sink.tickets) == 1
 
 
-def test_human_keys_become_ticket_keys_and_thread_later_mail(store):
+def test_human_keys_become_ticket_keys(store):
     sink = MemorySink(name="jira", keys_are_human=True, prefix="SUP")
     delivery = Delivery(sink, store, sample_settings())
     store.write([created("<a@x>", "tkt_a")])
@@ -410,7 +411,7 @@ def test_new_tickets_are_opened_in_one_bulk_request(store):
     assert store.delivery_counts("memory") == {"done": 6}
 
 
-def test_a_ticket_rejected_in_bulk_is_rejected_on_its_own_with_its_reason(store):
+def test_bulk_rejection_retried_alone(store):
     from tests.connectors.memory_sink import BatchingMemorySink
 
     sink = BatchingMemorySink()
@@ -426,7 +427,7 @@ def test_a_ticket_rejected_in_bulk_is_rejected_on_its_own_with_its_reason(store)
     assert "invalid issue type" in store.dead_letters()[0]["detail"]
 
 
-def test_bulk_create_whose_response_was_lost_is_found_next_time(store):
+def test_lost_bulk_create_found_later(store):
     from tests.connectors.memory_sink import BatchingMemorySink
 
     sink = BatchingMemorySink()
